@@ -1,0 +1,125 @@
+"""Micro-benchmark of the hot path: compiled ``_frames_c`` against the twin ``_frames_py``.
+
+Run ``python bench/micro_frames.py`` after building the extension
+(``python setup.py build_ext --inplace`` or ``pip install -e . --no-build-isolation``).
+Prints nanoseconds per operation for each implementation and the C/Python speed-up; the
+best of several repeats is kept. ``--quick`` makes it shorter and noisier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import timeit
+from collections.abc import Callable
+from time import perf_counter_ns
+from types import ModuleType
+
+from riverside_trio import _frames_py
+
+try:
+    from riverside_trio import _frames_c
+except ImportError:
+    sys.exit("riverside_trio._frames_c is not built: python setup.py build_ext --inplace")
+
+Case = Callable[[ModuleType], float]  # returns ns per operation
+
+
+def _best_per_op(timer: timeit.Timer, repeat: int, target_s: float) -> float:
+    number, elapsed = timer.autorange()
+    number = max(1, int(number * target_s / max(elapsed, 1e-9)))
+    return min(timer.repeat(repeat, number)) / number * 1e9
+
+
+def encode_frame(size: int, repeat: int, target_s: float) -> Case:
+    payload = bytes(size)
+
+    def run(frames: ModuleType) -> float:
+        timer = timeit.Timer(
+            "encode(2, payload)", globals={"encode": frames.encode_frame, "payload": payload}
+        )
+        return _best_per_op(timer, repeat, target_s)
+
+    return run
+
+
+def token_bucket_take(repeat: int, target_s: float) -> Case:
+    def run(frames: ModuleType) -> float:
+        bucket = frames.TokenBucket(10**15, 1.0, 0.0)
+        state = {"take": bucket.take, "now": 1.0}
+        timer = timeit.Timer("take(now)", globals=state)  # refills once, then takes
+        return _best_per_op(timer, repeat, target_s)
+
+    return run
+
+
+def outbox_push(sock: socket.socket, repeat: int, target_s: float) -> Case:
+    def run(frames: ModuleType) -> float:
+        outbox = frames.Outbox(sock, 10**12, 10**15, lambda: None)
+        outbox.writing = True  # nothing is sent: every push queues
+        timer = timeit.Timer(
+            "push(frame)",
+            setup="take()",  # empty between repeats
+            globals={"push": outbox.push, "take": outbox.take, "frame": b"x" * 64},
+        )
+        return _best_per_op(timer, repeat, target_s)
+
+    return run
+
+
+def fan_out(sock: socket.socket, count: int, repeat: int, rounds: int) -> Case:
+    """ns per recipient: ``rounds`` fan-outs timed together, then every queue emptied."""
+
+    def run(frames: ModuleType) -> float:
+        outboxes = [frames.Outbox(sock, 10**9, 10**12, lambda: None) for _ in range(count)]
+        for outbox in outboxes:
+            outbox.writing = True
+        frame = frames.encode_frame(frames.OP_TEXT, b"x" * 64)
+        fan = frames.fan_out
+        best = float("inf")
+        for _ in range(repeat):
+            full: list[object] = []
+            start = perf_counter_ns()
+            for _ in range(rounds):
+                fan(outboxes, frame, full)
+            best = min(best, (perf_counter_ns() - start) / (rounds * count))
+            assert not full
+            for outbox in outboxes:
+                outbox.take()
+        return best
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter repeats")
+    args = parser.parse_args()
+    repeat, target_s, rounds = (3, 0.05, 5) if args.quick else (7, 0.2, 20)
+
+    server, client = socket.socketpair()
+    server.setblocking(False)
+    try:
+        cases: list[tuple[str, Case]] = [
+            ("encode_frame 64 B", encode_frame(64, repeat, target_s)),
+            ("encode_frame 1 KiB", encode_frame(1024, repeat, target_s)),
+            ("encode_frame 64 KiB", encode_frame(65536, repeat, target_s)),
+            ("TokenBucket.take", token_bucket_take(repeat, target_s)),
+            ("Outbox.push (queued)", outbox_push(server, repeat, target_s)),
+            ("fan_out 1,000 (per outbox)", fan_out(server, 1_000, repeat, rounds)),
+            ("fan_out 10,000 (per outbox)", fan_out(server, 10_000, repeat, rounds)),
+        ]
+        out = sys.stdout.write
+        out(f"{'operation':<30}{'C ns/op':>12}{'Python ns/op':>15}{'speed-up':>11}\n")
+        for name, case in cases:
+            c_ns = case(_frames_c)
+            py_ns = case(_frames_py)
+            out(f"{name:<30}{c_ns:>12.1f}{py_ns:>15.1f}{py_ns / c_ns:>10.1f}x\n")
+    finally:
+        server.close()
+        client.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""riverside-trio as a peer of ../shared/bench (PROTOCOL.md): /echo and /fanout.
+
+Written with the public API only, as a user would: one Handler with the raw codec
+(text stays text, binary stays binary). Every /fanout connection joins one channel; each
+message a member sends is delivered to the whole channel, the sender included.
+The port comes from $BENCH_PORT (or --port N).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import riverside_trio
+from riverside_trio import Config, Connection, Handler, RawCodec
+
+GROUP = "fanout"
+
+
+class BenchHandler(Handler):
+    codec = RawCodec()
+
+    async def init(self, conn: Connection) -> None:
+        if conn.path.startswith("/fanout"):
+            conn.join_channel(GROUP)
+
+    async def handle_message(self, msg: str | bytes, conn: Connection) -> None:
+        if conn.path.startswith("/fanout"):
+            conn.deliver_channel(GROUP, msg)
+        else:
+            conn.send(msg)
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    port = int(argv[argv.index("--port") + 1]) if "--port" in argv else int(os.environ["BENCH_PORT"])
+    config = Config(
+        host="127.0.0.1",
+        port=port,
+        path="/*",
+        backlog=4096,
+        max_connections=100_000,
+        max_message_size=16 * 1024 * 1024,
+        transmission_limit=0,  # the harness sends as fast as it can
+        outbox_size=100_000,  # the harness always reads: backpressure, never shedding
+        outbox_bytes=1 << 30,
+        idle_timeout=None,
+        ping_interval=None,
+    )
+    riverside_trio.run(BenchHandler(), config)
+
+
+if __name__ == "__main__":
+    main()

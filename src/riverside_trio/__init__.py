@@ -1,0 +1,46 @@
+"""riverside-trio: a WebSocket server framework for Trio.
+
+Write one :class:`Handler`, then ``riverside-trio serve module:Handler`` or embed it with
+``await nursery.start(riverside_trio.serve, handler, config)``.
+"""
+
+from __future__ import annotations
+
+# handlers and what passes through them
+from ._connection import Connection as Connection
+from .codecs import CBORCodec as CBORCodec
+from .codecs import Codec as Codec
+from .codecs import JSONCodec as JSONCodec
+from .codecs import RawBinaryCodec as RawBinaryCodec
+from .codecs import RawCodec as RawCodec
+from .codecs import RawTextCodec as RawTextCodec
+
+# settings
+from .config import Config as Config
+from .config import load_config as load_config
+
+# errors
+from .errors import AuthError as AuthError
+from .errors import BrokerError as BrokerError
+from .errors import CloseConnection as CloseConnection
+from .errors import CodecError as CodecError
+from .errors import ConfigError as ConfigError
+from .errors import ConnectionClosed as ConnectionClosed
+from .errors import DeliveryError as DeliveryError
+from .errors import ProtocolError as ProtocolError
+from .errors import RiversideError as RiversideError
+from .handler import Accept as Accept
+from .handler import AuthRequest as AuthRequest
+from .handler import Handler as Handler
+from .handler import Headers as Headers
+from .handler import HTTPRequest as HTTPRequest
+from .handler import HTTPResponse as HTTPResponse
+from .handler import TerminateReason as TerminateReason
+from .metrics import Metrics as Metrics
+
+# running a server
+from .server import Server as Server
+from .server import run as run
+from .server import serve as serve
+
+__version__ = "0.1.0"

@@ -1,0 +1,608 @@
+"""One WebSocket connection: the reader, the outbox and its writer, the callbacks.
+
+The rules of a connection, all in this file:
+
+- One task per connection reads: it drains everything the socket has (a non-blocking
+  ``recv`` first, parking on ``wait_readable`` only when the kernel says EAGAIN), feeds it
+  to wsproto, and runs ``init`` / ``handle_message`` / ``terminate``.
+- Outgoing frames go through the connection's :class:`~riverside_trio.frames.Outbox`:
+  written to the socket at once when nothing is queued, else queued (bounded by
+  ``outbox_size`` and ``outbox_bytes``) for the writer task, which joins everything
+  pending into one send. A full outbox sheds the connection: close 1008 ``slow_consumer``.
+- ``handle_info`` runs in a short-lived task started when something is posted; a gate
+  keeps it from overlapping ``handle_message``, ``init`` and ``terminate``.
+- Closing: the first close wins and fixes the TerminateReason. After our close frame is
+  out, data messages are dropped until the client's close frame arrives; the server then
+  closes TCP. A client that does not answer within ``close_timeout`` is cut off. A
+  protocol violation sends its close code and closes TCP without waiting.
+- Timers (idle, age, keepalive, close timeout) are checked by the server's sweeper, so an
+  idle connection costs two parked tasks and no timer of its own.
+- ``terminate(reason)`` runs exactly once, shielded and time-boxed, after the reader ends.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+from trio.lowlevel import ParkingLot, checkpoint, wait_readable, wait_writable
+from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
+
+from .errors import CloseConnection, ConnectionClosed
+from .frames import (
+    OP_PING,
+    OP_PONG,
+    PUSH_FULL,
+    PUSH_QUEUED,
+    Outbox,
+    TokenBucket,
+    encode_close,
+    encode_frame,
+)
+from .handler import AuthRequest, TerminateReason
+
+if TYPE_CHECKING:
+    from ._core import Core
+
+__all__ = ["Connection"]
+
+log = structlog.get_logger("riverside_trio.connection")
+
+RECV_SIZE = 65536
+# Reads without a park before the reader yields to the scheduler anyway (fairness).
+READS_PER_CHECKPOINT = 16
+_TEXT = Opcode.TEXT
+_BINARY = Opcode.BINARY
+_CLOSE = Opcode.CLOSE
+_PING = Opcode.PING
+_PONG = Opcode.PONG
+
+
+class Connection:
+    """An open WebSocket connection, as handler callbacks receive it.
+
+    Every method is synchronous and never blocks: deliveries are encoded once and written
+    or queued at once. Attributes ``user_id``, ``session_id``, ``subprotocol`` and
+    ``request`` are fixed at the handshake; ``state`` is yours.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_activity",
+        "_bucket",
+        "_channels",
+        "_close_deadline",
+        "_close_sent",
+        "_core",
+        "_gate_busy",
+        "_gate_lot",
+        "_infos",
+        "_info_task",
+        "_inflight",
+        "_last_ping",
+        "_last_rx",
+        "_msg_bytes",
+        "_nursery",
+        "_opened_at",
+        "_outbox",
+        "_parts",
+        "_ping_sent_at",
+        "_proto",
+        "_reason",
+        "_scope",
+        "_sock",
+        "_writer_lot",
+        "request",
+        "session_id",
+        "state",
+        "subprotocol",
+        "user_id",
+    )
+
+    def __init__(
+        self,
+        core: Core,
+        sock: socket.socket,
+        request: AuthRequest,
+        *,
+        user_id: str,
+        session_id: str,
+        state: Any,
+        subprotocol: str | None,
+        leftover: bytes,
+    ) -> None:
+        cfg = core.config
+        self._core = core
+        self._sock = sock
+        self.request = request
+        self.user_id = user_id
+        self.session_id = session_id
+        self.state = state
+        self.subprotocol = subprotocol
+        self._channels: set[str] = set()
+        self._writer_lot = ParkingLot()
+        self._outbox = Outbox(sock, cfg.outbox_size, cfg.outbox_bytes, self._writer_lot.unpark)
+        self._proto = FrameProtocol(False, [])
+        if leftover:
+            self._proto.receive_bytes(leftover)
+        now = trio.current_time()
+        self._bucket = (
+            TokenBucket(cfg.transmission_limit, cfg.transmission_period, now)
+            if cfg.transmission_limit
+            else None
+        )
+        self._parts: list[Any] = []
+        self._msg_bytes = 0
+        self._activity = False
+        self._opened_at = now
+        self._last_rx = now
+        self._last_ping = now
+        self._ping_sent_at: float | None = None
+        self._close_sent = False
+        self._close_deadline: float | None = None
+        self._reason: TerminateReason | None = None
+        self._scope = trio.CancelScope()
+        self._gate_busy = False
+        self._gate_lot = ParkingLot()
+        self._infos: deque[Any] = deque()
+        self._info_task = False
+        self._inflight: memoryview | None = None
+        self._nursery: trio.Nursery | None = None
+
+    def __repr__(self) -> str:
+        return f"<Connection user_id={self.user_id!r} session_id={self.session_id!r}>"
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def path(self) -> str:
+        """The path the client connected to."""
+        return self.request.path
+
+    @property
+    def remote(self) -> tuple[str, int]:
+        """The client's ``(host, port)``."""
+        return self.request.peer
+
+    @property
+    def closed(self) -> bool:
+        """True once a close frame was sent or the connection ended."""
+        return self._close_sent or self._outbox.closed
+
+    @property
+    def channels(self) -> frozenset[str]:
+        """The channels this connection is a member of."""
+        return frozenset(self._channels)
+
+    def send(self, obj: Any) -> int:
+        """Encode ``obj`` with the handler's codec and send it to this client.
+
+        Returns 1 when it was written or queued, 0 when the outbox was full (the connection
+        is then shed with 1008 ``slow_consumer``).
+
+        Raises:
+            ConnectionClosed: the connection is closing or closed.
+            CodecError: ``obj`` cannot be encoded; nothing was sent.
+        """
+        if self._close_sent or self._outbox.closed:
+            raise ConnectionClosed(*self._closed_args())
+        frame, text = self._core.encode(obj)
+        status = self._outbox.push(frame)
+        if status <= PUSH_QUEUED:
+            if text:
+                self._core.metrics.outgoing_text += 1
+            else:
+                self._core.metrics.outgoing_binary += 1
+            return 1
+        if status == PUSH_FULL:
+            self._shed()
+        return 0
+
+    deliver_me = send
+
+    def deliver_user(self, user_id: str, obj: Any) -> int:
+        """Send ``obj`` to every connection of ``user_id`` (all their devices)."""
+        return self._core.deliver(self._core.registry.user(user_id), obj)
+
+    def deliver_session(self, user_id: str, session_id: str, obj: Any) -> int:
+        """Send ``obj`` to the connections of one session of ``user_id``."""
+        return self._core.deliver(self._core.registry.session(user_id, session_id), obj)
+
+    def deliver_channel(self, channel: str, obj: Any) -> int:
+        """Send ``obj`` to every member of ``channel``, this connection included if it is one."""
+        return self._core.deliver(self._core.registry.channel(channel), obj)
+
+    def join_channel(self, channel: str) -> bool:
+        """Join ``channel``; joining twice is harmless and still delivers once.
+
+        Returns False if the connection was a member already.
+
+        Raises:
+            ConnectionClosed: the connection has ended.
+        """
+        if not isinstance(channel, str) or not channel:
+            raise TypeError(f"channel must be a non-empty str, got {channel!r}")
+        if self._outbox.closed or self not in self._core.registry.connections:
+            raise ConnectionClosed(*self._closed_args())
+        return self._core.registry.join(self, channel)
+
+    def leave_channel(self, channel: str) -> bool:
+        """Leave ``channel``; returns False if the connection was not a member."""
+        return self._core.registry.leave(self, channel)
+
+    def send_info(self, info: Any) -> None:
+        """Post ``info`` to this connection's ``Handler.handle_info``.
+
+        It runs after the callback in progress, never overlapping it. Posting to a closed
+        connection does nothing.
+        """
+        if self._outbox.closed or self._nursery is None or self._reason is not None:
+            return
+        self._infos.append(info)
+        if not self._info_task:
+            self._info_task = True
+            self._nursery.start_soon(self._run_infos)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake with ``code`` and ``reason``; ``terminate`` follows.
+
+        Raises:
+            ValueError: ``code`` is not a close code a server may send.
+        """
+        self._initiate_close(code, reason, "closed")
+
+    # ------------------------------------------------------------------ closing
+
+    def _closed_args(self) -> tuple[int | None, str]:
+        r = self._reason
+        return (r.code, r.reason) if r is not None else (1006, "")
+
+    def _initiate_close(self, code: int, reason: str, kind: str) -> None:
+        """Send our close frame (once); the reader then waits for the client's."""
+        if self._close_sent:
+            return
+        frame = encode_close(code, reason)  # ValueError for a code a server may not send
+        self._close_sent = True
+        if self._reason is None:
+            self._reason = TerminateReason(kind, code, reason)
+        self._close_deadline = trio.current_time() + self._core.config.close_timeout
+        self._infos.clear()
+        if self._outbox.push(frame) == PUSH_FULL:
+            # Shed: whatever is queued goes first (a frame may be half sent), then the close.
+            self._inflight = memoryview(self._pending() + frame)
+            self._writer_lot.unpark()
+
+    def _pending(self) -> bytes:
+        rest = bytes(self._inflight) if self._inflight is not None else b""
+        self._inflight = None
+        return rest + self._outbox.take()
+
+    def _shed(self) -> None:
+        """The outbox is full: close 1008 ``slow_consumer``."""
+        if not self._close_sent:
+            log.warning("slow_consumer", user_id=self.user_id, session_id=self.session_id)
+            self._initiate_close(1008, "slow_consumer", "slow_consumer")
+
+    def _abort(self) -> None:
+        """Stop now: the client did not finish the closing handshake in time."""
+        self._scope.cancel()
+
+    # ------------------------------------------------------------------ the task
+
+    async def _run(self) -> None:
+        """The connection's whole life; returns when it is over (never raises)."""
+        core = self._core
+        core.registry.add(self)
+        core.metrics.sessions_total += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._write_loop)
+                with self._scope:
+                    await self._callback(core.handler.init, self, failed="init_failed")
+                    await self._read_loop()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            core.registry.remove(self)
+            with trio.CancelScope(shield=True):
+                await self._finish()
+
+    async def _finish(self) -> None:
+        """Flush what is queued (bounded by close_timeout), close TCP, run terminate."""
+        core = self._core
+        reason = self._reason or TerminateReason("remote", 1006, "")
+        self._reason = reason
+        with trio.move_on_after(core.config.close_timeout):
+            await self._flush()
+        self._outbox.close()
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        trio.lowlevel.notify_closing(self._sock)
+        self._sock.close()
+        core.metrics.disconnects[reason.kind] += 1
+        core.metrics.observe_duration(trio.current_time() - self._opened_at)
+        with trio.move_on_after(core.config.terminate_timeout) as scope:
+            await self._gate_enter()
+            try:
+                await core.handler.terminate(reason, self)
+            except Exception:
+                log.exception("terminate_failed", user_id=self.user_id, session_id=self.session_id)
+            finally:
+                self._gate_exit()
+        if scope.cancelled_caught:
+            log.warning(
+                "terminate_timeout",
+                user_id=self.user_id,
+                session_id=self.session_id,
+                timeout=core.config.terminate_timeout,
+            )
+
+    # ------------------------------------------------------------------ reading
+
+    async def _read_loop(self) -> None:
+        sock = self._sock
+        recv = sock.recv
+        proto = self._proto
+        reads = 0
+        if proto._frame_decoder.buffer:  # bytes that came with the handshake
+            if await self._process():
+                return
+        while True:
+            try:
+                data = recv(RECV_SIZE)
+            except BlockingIOError:
+                reads = 0
+                await wait_readable(sock)
+                continue
+            except OSError:
+                self._lost()
+                return
+            if not data:
+                self._lost()
+                return
+            self._activity = True
+            proto.receive_bytes(data)
+            if await self._process():
+                return
+            reads += 1
+            if reads >= READS_PER_CHECKPOINT:
+                reads = 0
+                await checkpoint()
+
+    async def _process(self) -> bool:
+        """Handle every complete frame wsproto has; True when reading is over."""
+        core = self._core
+        try:
+            for frame in self._proto.received_frames():
+                op = frame.opcode
+                if op is _TEXT or op is _BINARY:
+                    if self._close_sent:
+                        continue  # closing: data is dropped until the client's close
+                    payload = frame.payload
+                    size = len(payload) if op is _BINARY or payload.isascii() else len(
+                        payload.encode("utf-8", "surrogatepass")
+                    )
+                    if frame.message_finished and not self._parts:
+                        if size > core.config.max_message_size:
+                            self._fail(1009, "message too big", "message_too_big")
+                            return True
+                    else:
+                        self._msg_bytes += size
+                        if self._msg_bytes > core.config.max_message_size:
+                            self._fail(1009, "message too big", "message_too_big")
+                            return True
+                        self._parts.append(payload)
+                        if not frame.message_finished:
+                            continue
+                        payload = ("" if op is _TEXT else b"").join(self._parts)
+                        self._parts = []
+                        self._msg_bytes = 0
+                    if await self._on_message(op is _TEXT, payload):
+                        return True
+                elif op is _PING:
+                    core.metrics.incoming_control["ping"] += 1
+                    if not self._close_sent:
+                        self._push_control(encode_frame(OP_PONG, frame.payload))
+                elif op is _PONG:
+                    core.metrics.incoming_control["pong"] += 1
+                    self._ping_sent_at = None
+                elif op is _CLOSE:
+                    core.metrics.incoming_control["close"] += 1
+                    code, reason = frame.payload
+                    self._on_close(int(code), reason)
+                    return True
+        except ParseFailed as exc:
+            self._fail(int(exc.code), str(exc)[:120], "protocol_error")
+            return True
+        return False
+
+    async def _on_message(self, text: bool, payload: Any) -> bool:
+        core = self._core
+        if text:
+            core.metrics.incoming_text += 1
+        else:
+            core.metrics.incoming_binary += 1
+        bucket = self._bucket
+        if bucket is not None and not bucket.take(trio.current_time()):
+            self._initiate_close(1008, "too many messages", "too_many_messages")
+            return False
+        if not (core.accepts_text if text else core.accepts_binary):
+            return self._invalid("wrong_type", 1003, "unsupported frame type")
+        try:
+            msg = core.codec.decode(payload)
+        except Exception as exc:
+            log.debug("undecodable_message", user_id=self.user_id, error=str(exc))
+            return self._invalid("undecodable", 1007, "message does not decode")
+        await self._callback(core.handler.handle_message, msg, self)
+        return False
+
+    def _invalid(self, kind: str, code: int, reason: str) -> bool:
+        self._core.metrics.invalid_messages[kind] += 1
+        if self._core.config.invalid_message == "close":
+            self._initiate_close(code, reason, "invalid_message")
+        return False
+
+    def _on_close(self, code: int, reason: str) -> None:
+        """The client's close frame: an answer to ours, or its own request to close."""
+        if not self._close_sent:
+            self._reason = TerminateReason("remote", code, reason)
+            self._close_sent = True
+            # Echo the code (RFC 6455 5.5.1); 1005 "no status" gets an empty close frame.
+            self._push_control(encode_close(None if code == 1005 else code))
+        elif self._reason is None:
+            self._reason = TerminateReason("remote", code, reason)
+
+    def _fail(self, code: int, reason: str, kind: str) -> None:
+        """Fail the connection: our close frame, then TCP closes without waiting."""
+        if self._reason is None or not self._close_sent:
+            self._reason = TerminateReason(kind, code, reason)
+        if not self._close_sent:
+            self._close_sent = True
+            self._push_control(encode_close(code, reason))
+
+    def _lost(self) -> None:
+        """TCP ended without (the rest of) the closing handshake."""
+        if self._reason is None:
+            self._reason = TerminateReason("remote", 1006, "")
+        self._close_sent = True
+
+    def _push_control(self, frame: bytes) -> None:
+        if self._outbox.push(frame) == PUSH_FULL:
+            self._inflight = memoryview(self._pending() + frame)
+            self._writer_lot.unpark()
+
+    # ------------------------------------------------------------------ callbacks
+
+    async def _callback(self, fn: Any, *args: Any, failed: str = "internal_error") -> bool:
+        """Run one handler callback, never overlapping another; False if it failed."""
+        if self._gate_busy:
+            await self._gate_enter()
+        else:
+            self._gate_busy = True
+        try:
+            await fn(*args)
+        except CloseConnection as exc:
+            try:
+                self._initiate_close(exc.code, exc.reason, "stop")
+            except ValueError:
+                log.error("bad_close_code", code=exc.code, user_id=self.user_id)
+                self._initiate_close(1011, "internal error", "internal_error")
+            return False
+        except Exception:
+            log.exception(
+                "handler_failed",
+                callback=getattr(fn, "__name__", repr(fn)),
+                user_id=self.user_id,
+                session_id=self.session_id,
+            )
+            if not self._close_sent:
+                self._reason = TerminateReason(failed, 1011, "internal error")
+            self._initiate_close(1011, "internal error", failed)
+            return False
+        finally:
+            self._gate_exit()
+        return True
+
+    async def _gate_enter(self) -> None:
+        while self._gate_busy:
+            await self._gate_lot.park()
+        self._gate_busy = True
+
+    def _gate_exit(self) -> None:
+        self._gate_busy = False
+        if self._gate_lot:
+            self._gate_lot.unpark()
+
+    async def _run_infos(self) -> None:
+        handler = self._core.handler
+        try:
+            while self._infos and not self._close_sent:
+                info = self._infos.popleft()
+                await self._callback(handler.handle_info, info, self)
+        finally:
+            self._info_task = False
+
+    # ------------------------------------------------------------------ writing
+
+    async def _write_loop(self) -> None:
+        outbox = self._outbox
+        lot = self._writer_lot
+        while True:
+            while not (outbox.queued_frames or self._inflight is not None):
+                if outbox.closed:
+                    break
+                await lot.park()
+            await self._flush()
+            if outbox.closed:
+                break
+        # The socket broke under a write: stop reading too.
+        self._lost()
+        self._scope.cancel()
+
+    async def _flush(self) -> None:
+        """Send everything queued, in order; on a broken socket, close the outbox."""
+        outbox = self._outbox
+        sock = self._sock
+        outbox.writing = True
+        sends = 0
+        try:
+            while True:
+                data = self._inflight
+                if data is None:
+                    if not outbox.queued_frames:
+                        return
+                    data = self._inflight = memoryview(outbox.take())
+                try:
+                    n = sock.send(data)
+                except BlockingIOError:
+                    await wait_writable(sock)
+                    continue
+                except OSError:
+                    self._inflight = None
+                    outbox.close()
+                    self._lost()
+                    return
+                self._inflight = data[n:] if n < len(data) else None
+                sends += 1
+                if sends >= READS_PER_CHECKPOINT:
+                    sends = 0
+                    await checkpoint()
+        finally:
+            outbox.writing = False
+
+    # ------------------------------------------------------------------ timers
+
+    def _check_timers(self, now: float) -> None:
+        """Called by the server's sweeper: idle, age, keepalive and close deadlines."""
+        cfg = self._core.config
+        if self._close_deadline is not None:
+            if now >= self._close_deadline:
+                self._abort()
+            return
+        if self._activity:
+            self._activity = False
+            self._last_rx = now
+        elif cfg.idle_timeout is not None and now - self._last_rx >= cfg.idle_timeout:
+            self._initiate_close(1000, "idle timeout", "idle_timeout")
+            return
+        if cfg.max_connection_age is not None and now - self._opened_at >= cfg.max_connection_age:
+            self._initiate_close(1000, "connection too old", "over_age")
+            return
+        if cfg.ping_interval is not None:
+            if self._ping_sent_at is not None:
+                if now - self._ping_sent_at >= cfg.ping_timeout:
+                    self._initiate_close(1011, "keepalive timeout", "keepalive_timeout")
+            elif now - self._last_ping >= cfg.ping_interval:
+                self._last_ping = now
+                self._ping_sent_at = now
+                self._push_control(encode_frame(OP_PING, b"riverside"))
+
+    def _go_away(self) -> None:
+        """Server shutdown: close 1001."""
+        self._initiate_close(1001, "server shutting down", "shutdown")

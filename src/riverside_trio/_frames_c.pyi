@@ -1,0 +1,60 @@
+"""Types of the compiled hot path ``riverside_trio._frames_c`` (``src/_frames.pyx``).
+
+Mirrors ``riverside_trio._frames_py``; see its docstrings.
+"""
+
+import socket
+from collections.abc import Callable, Iterable
+from typing import Final, final
+
+OP_CONTINUATION: Final[int]
+OP_TEXT: Final[int]
+OP_BINARY: Final[int]
+OP_CLOSE: Final[int]
+OP_PING: Final[int]
+OP_PONG: Final[int]
+
+PUSH_SENT: Final[int]
+PUSH_QUEUED: Final[int]
+PUSH_FULL: Final[int]
+PUSH_CLOSED: Final[int]
+
+def encode_frame(
+    opcode: int, payload: bytes | bytearray | memoryview, fin: bool = True
+) -> bytes: ...
+def encode_close(code: int | None = None, reason: str = "") -> bytes: ...
+
+@final
+class TokenBucket:
+    def __init__(self, capacity: int, period: float, now: float) -> None: ...
+    @property
+    def tokens(self) -> float: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def period(self) -> float: ...
+    def take(self, now: float) -> bool: ...
+
+@final
+class Outbox:
+    writing: bool
+    def __init__(
+        self,
+        sock: socket.socket,
+        max_frames: int,
+        max_bytes: int,
+        wake: Callable[[], None],
+    ) -> None: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def error(self) -> int: ...
+    @property
+    def queued_frames(self) -> int: ...
+    @property
+    def queued_bytes(self) -> int: ...
+    def push(self, frame: bytes) -> int: ...
+    def take(self) -> bytes: ...
+    def close(self) -> None: ...
+
+def fan_out(outboxes: Iterable[Outbox], frame: bytes, full: list[Outbox]) -> int: ...

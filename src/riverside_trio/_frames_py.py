@@ -1,0 +1,430 @@
+"""Pure-Python twin of the compiled hot path ``riverside_trio._frames_c``.
+
+Same names, same results, same exception types as ``src/_frames.pyx``; the selector
+``riverside_trio.frames`` picks one of the two. Any change here must be made there too, and
+``tests/test_frames.py`` compares them on random inputs.
+
+Conversions follow the compiled module: integer arguments go through ``__index__`` and must fit
+a ``Py_ssize_t`` (``OverflowError`` otherwise), float arguments accept what a C ``double``
+argument accepts (``float``, ``int``, objects with ``__float__`` or ``__index__``; not ``str``).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import sys
+from collections.abc import Callable, Iterable
+from operator import index as _index
+from typing import Any, Final, final
+
+__all__ = [
+    "OP_BINARY",
+    "OP_CLOSE",
+    "OP_CONTINUATION",
+    "OP_PING",
+    "OP_PONG",
+    "OP_TEXT",
+    "PUSH_CLOSED",
+    "PUSH_FULL",
+    "PUSH_QUEUED",
+    "PUSH_SENT",
+    "Outbox",
+    "TokenBucket",
+    "encode_close",
+    "encode_frame",
+    "fan_out",
+]
+
+OP_CONTINUATION: Final = 0x0
+OP_TEXT: Final = 0x1
+OP_BINARY: Final = 0x2
+OP_CLOSE: Final = 0x8
+OP_PING: Final = 0x9
+OP_PONG: Final = 0xA
+
+PUSH_SENT: Final = 0
+PUSH_QUEUED: Final = 1
+PUSH_FULL: Final = 2
+PUSH_CLOSED: Final = 3
+
+_OPCODES: Final = frozenset((0x0, 0x1, 0x2, 0x8, 0x9, 0xA))
+_MAX_CONTROL_PAYLOAD: Final = 125
+_MAX_CLOSE_REASON: Final = 123  # 125 minus the 2-byte code
+_SSIZE_MIN: Final = -sys.maxsize - 1
+_SEND_FLAGS: Final = getattr(socket, "MSG_DONTWAIT", 0) | getattr(socket, "MSG_NOSIGNAL", 0)
+
+_pack_short: Final = struct.Struct("!BBH").pack
+_pack_long: Final = struct.Struct("!BBQ").pack
+_pack_code: Final = struct.Struct("!H").pack
+
+
+def _as_ssize(value: object) -> int:
+    """Convert like a C ``Py_ssize_t`` argument: ``__index__``, then a range check."""
+    result = _index(value)  # type: ignore[arg-type]  # TypeError like Cython's conversion
+    if not _SSIZE_MIN <= result <= sys.maxsize:
+        raise OverflowError("Python int too large to convert to C ssize_t")
+    return result
+
+
+def _as_double(value: object) -> float:
+    """Convert like a C ``double`` argument (``PyFloat_AsDouble``): no ``str`` parsing."""
+    if type(value) is float:
+        return value
+    cls = type(value)
+    if hasattr(cls, "__float__") or hasattr(cls, "__index__"):
+        return float(value)  # type: ignore[arg-type]
+    raise TypeError(f"must be real number, not {cls.__name__}")
+
+
+def _opcode(opcode: object) -> int:
+    """Check an opcode: ``TypeError`` if not an integer, ``ValueError`` if not one of the six."""
+    try:
+        op = _as_ssize(opcode)
+    except OverflowError:
+        op = -1
+    if op not in _OPCODES:
+        raise ValueError(f"invalid opcode: {opcode!r}")
+    return op
+
+
+def _header(first: int, length: int) -> bytes:
+    if length < 126:
+        return bytes((first, length))
+    if length < 0x10000:
+        return _pack_short(first, 126, length)
+    return _pack_long(first, 127, length)
+
+
+def encode_frame(opcode: int, payload: bytes | bytearray | memoryview, fin: bool = True) -> bytes:
+    """Encode one server-to-client frame (unmasked, RSV bits clear).
+
+    Args:
+        opcode: One of the ``OP_*`` constants.
+        payload: The payload, any C-contiguous buffer; it is copied.
+        fin: Whether this is the final fragment of its message.
+
+    Returns:
+        The header followed by the payload.
+
+    Raises:
+        TypeError: ``opcode`` is not an integer, or ``payload`` is not a buffer (``str``).
+        BufferError: ``payload`` is not C-contiguous.
+        ValueError: Unknown opcode, or a control frame (close, ping, pong) with a payload
+            over 125 bytes or ``fin=False``.
+    """
+    op = _opcode(opcode)
+    if type(payload) is bytes:
+        length = len(payload)
+    else:
+        view = memoryview(payload)  # TypeError for str and other non-buffers
+        if not view.c_contiguous:
+            raise BufferError("memoryview: underlying buffer is not C-contiguous")
+        length = view.nbytes
+        payload = view
+    final_bit = 0x80 if fin else 0
+    if op >= 0x8 and (length > _MAX_CONTROL_PAYLOAD or not final_bit):
+        raise ValueError(
+            "control frames must be final and carry at most 125 bytes "
+            f"(opcode {op:#x}, {length} bytes, fin={bool(fin)})"
+        )
+    return _header(final_bit | op, length) + payload
+
+
+def encode_close(code: int | None = None, reason: str = "") -> bytes:
+    """Encode a whole close frame.
+
+    Args:
+        code: A close code a server may send (1000-1003, 1007-1014, 3000-4999), or ``None``
+            for a close frame without a payload.
+        reason: Text sent after the code, UTF-8 encoded; cut to 123 bytes at a character
+            boundary.
+
+    Returns:
+        The close frame.
+
+    Raises:
+        TypeError: ``reason`` is not a ``str``, or ``code`` is not an integer.
+        ValueError: ``code`` is not one a server may send, or ``reason`` is given without a
+            code (``UnicodeEncodeError``, a ``ValueError``, for lone surrogates).
+    """
+    if not isinstance(reason, str):
+        raise TypeError(f"reason must be str, not {type(reason).__name__}")
+    if code is None:
+        if reason:
+            raise ValueError("a close reason needs a close code")
+        return b"\x88\x00"
+    try:
+        value = _as_ssize(code)
+    except OverflowError:
+        value = -1
+    if not (1000 <= value <= 1003 or 1007 <= value <= 1014 or 3000 <= value <= 4999):
+        raise ValueError(f"a server may not send close code {code!r}")
+    data = reason.encode("utf-8")
+    if len(data) > _MAX_CLOSE_REASON:
+        cut = _MAX_CLOSE_REASON
+        while data[cut] & 0xC0 == 0x80:  # never split a character
+            cut -= 1
+        data = data[:cut]
+    return bytes((0x88, 2 + len(data))) + _pack_code(value) + data
+
+
+@final
+class TokenBucket:
+    """A token bucket: ``capacity`` tokens, refilled continuously over ``period`` seconds.
+
+    It starts full. ``take(now)`` first refills ``(now - last) * capacity / period`` tokens
+    (capped at ``capacity``; a clock going backwards refills nothing and leaves ``last``
+    alone), then takes one token if at least one is there.
+
+    Args:
+        capacity: The most tokens the bucket holds, at least 1.
+        period: Seconds to refill from empty to full, above 0.
+        now: The current time, in seconds on any monotonic clock.
+
+    Raises:
+        ValueError: ``capacity < 1`` or ``period <= 0``.
+    """
+
+    __slots__ = ("_cap", "_capacity", "_last", "_period", "_rate", "_tokens")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        raise TypeError("type 'TokenBucket' is not an acceptable base type")
+
+    def __init__(self, capacity: int, period: float, now: float) -> None:
+        cap = _as_ssize(capacity)
+        per = _as_double(period)
+        start = _as_double(now)
+        if cap < 1:
+            raise ValueError(f"capacity must be at least 1, not {cap}")
+        if not per > 0.0:
+            raise ValueError(f"period must be above 0, not {per!r}")
+        self._capacity = cap
+        self._period = per
+        self._cap = float(cap)
+        self._rate = self._cap / per
+        self._tokens = self._cap
+        self._last = start
+
+    @property
+    def tokens(self) -> float:
+        """Tokens in the bucket after the last ``take``."""
+        return self._tokens
+
+    @property
+    def capacity(self) -> int:
+        """The most tokens the bucket holds."""
+        return self._capacity
+
+    @property
+    def period(self) -> float:
+        """Seconds to refill from empty to full."""
+        return self._period
+
+    def take(self, now: float) -> bool:
+        """Refill up to ``now``, then take one token.
+
+        Returns:
+            Whether a token was taken.
+        """
+        if type(now) is not float:
+            now = _as_double(now)
+        elapsed = now - self._last
+        tokens = self._tokens
+        if elapsed > 0.0:
+            tokens = tokens + elapsed * self._rate
+            if tokens > self._cap:
+                tokens = self._cap
+            self._last = now
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
+            return True
+        self._tokens = tokens
+        return False
+
+
+@final
+class Outbox:
+    """A bounded queue of encoded frames for one connection, with a direct write path.
+
+    While nothing is queued and no writer task owns the socket, ``push`` writes straight to
+    the socket without blocking; what the kernel does not take is queued, and ``wake`` is
+    called so the writer task comes to send it. Frame order is always preserved.
+
+    Args:
+        sock: The connection's socket, non-blocking (``gettimeout() == 0.0``). The outbox
+            only sends on it; closing it stays the owner's job.
+        max_frames: The most frames queued at once (a partly sent frame is always queued).
+        max_bytes: The most bytes queued at once (same exception).
+        wake: Called with no arguments when the writer task has work to do.
+
+    Raises:
+        TypeError: ``wake`` is not callable.
+        ValueError: A negative limit, or a blocking socket.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_error",
+        "_frames",
+        "_max_bytes",
+        "_max_frames",
+        "_queued_bytes",
+        "_sock",
+        "_wake",
+        "_writing",
+    )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        raise TypeError("type 'Outbox' is not an acceptable base type")
+
+    def __init__(
+        self, sock: socket.socket, max_frames: int, max_bytes: int, wake: Callable[[], None]
+    ) -> None:
+        frames_limit = _as_ssize(max_frames)
+        bytes_limit = _as_ssize(max_bytes)
+        if frames_limit < 0 or bytes_limit < 0:
+            raise ValueError("max_frames and max_bytes must not be negative")
+        if not callable(wake):
+            raise TypeError("wake must be callable")
+        if sock.gettimeout() != 0.0:
+            raise ValueError("the socket must be non-blocking")
+        self._sock = sock
+        self._max_frames = frames_limit
+        self._max_bytes = bytes_limit
+        self._wake = wake
+        self._frames: list[bytes] = []
+        self._queued_bytes = 0
+        self._writing = False
+        self._closed = False
+        self._error = 0
+
+    @property
+    def writing(self) -> bool:
+        """True while the writer task owns the socket; ``push`` then only queues."""
+        return self._writing
+
+    @writing.setter
+    def writing(self, value: bool) -> None:
+        self._writing = bool(value)
+
+    @property
+    def closed(self) -> bool:
+        """True after ``close()`` or a failed direct send."""
+        return self._closed
+
+    @property
+    def error(self) -> int:
+        """0, or the errno of the direct send that failed."""
+        return self._error
+
+    @property
+    def queued_frames(self) -> int:
+        """Frames waiting for the writer task."""
+        return len(self._frames)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting for the writer task."""
+        return self._queued_bytes
+
+    def push(self, frame: bytes) -> int:
+        """Send or queue one encoded frame; never blocks.
+
+        Returns:
+            ``PUSH_SENT`` (all written now), ``PUSH_QUEUED`` (the writer task will send it),
+            ``PUSH_FULL`` (over a limit; nothing changed) or ``PUSH_CLOSED`` (closed, or the
+            direct send failed: see ``error``).
+
+        Raises:
+            TypeError: ``frame`` is not ``bytes``.
+        """
+        if type(frame) is not bytes:
+            raise TypeError(
+                f"Argument 'frame' has incorrect type (expected bytes, got {type(frame).__name__})"
+            )
+        return self._push(frame)
+
+    def _push(self, frame: bytes) -> int:
+        if self._closed:
+            return PUSH_CLOSED
+        frames = self._frames
+        if not frames and not self._writing:
+            try:
+                # PEP 475: socket.send retries EINTR itself unless a signal handler raises.
+                sent = self._sock.send(frame, _SEND_FLAGS)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self._error = exc.errno or 0
+                self._closed = True
+                frames.clear()
+                self._queued_bytes = 0
+                self._wake()
+                return PUSH_CLOSED
+            if sent >= len(frame):
+                return PUSH_SENT
+            rest = frame[sent:] if sent else frame
+            frames.append(rest)
+            self._queued_bytes = len(rest)
+            self._wake()
+            return PUSH_QUEUED
+        size = len(frame)
+        if len(frames) >= self._max_frames or self._queued_bytes + size > self._max_bytes:
+            return PUSH_FULL
+        was_empty = not frames
+        frames.append(frame)
+        self._queued_bytes += size
+        if was_empty and not self._writing:
+            self._wake()
+        return PUSH_QUEUED
+
+    def take(self) -> bytes:
+        """Remove every queued frame and return them joined (``b""`` when none)."""
+        frames = self._frames
+        if not frames:
+            return b""
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        self._frames = []
+        self._queued_bytes = 0
+        return data
+
+    def close(self) -> None:
+        """Mark the outbox closed and drop the queue; later pushes return ``PUSH_CLOSED``."""
+        self._closed = True
+        self._frames = []
+        self._queued_bytes = 0
+
+
+def fan_out(outboxes: Iterable[Outbox], frame: bytes, full: list[Outbox]) -> int:
+    """Push one frame into many outboxes; never blocks.
+
+    Args:
+        outboxes: The recipients.
+        frame: The encoded frame, shared by all of them.
+        full: Every outbox that answered ``PUSH_FULL`` is appended here, for the caller to
+            shed; closed ones are skipped.
+
+    Returns:
+        How many outboxes accepted the frame (sent or queued).
+
+    Raises:
+        TypeError: ``frame`` is not ``bytes``, ``full`` is not a list, or an item is not an
+            ``Outbox``.
+    """
+    if type(frame) is not bytes:
+        raise TypeError(
+            f"Argument 'frame' has incorrect type (expected bytes, got {type(frame).__name__})"
+        )
+    if not isinstance(full, list):
+        raise TypeError(f"full must be a list, not {type(full).__name__}")
+    accepted = 0
+    for outbox in outboxes:
+        if type(outbox) is not Outbox:
+            raise TypeError(f"expected Outbox, got {type(outbox).__name__}")
+        result = outbox._push(frame)
+        if result <= PUSH_QUEUED:
+            accepted += 1
+        elif result == PUSH_FULL:
+            full.append(outbox)
+    return accepted

@@ -1,0 +1,356 @@
+"""The front door: read one HTTP request head with h11, then answer it or upgrade it.
+
+Decisions, in order (RFC 6455 section 4.2.1 for the upgrade):
+
+- The head must arrive within ``handshake_timeout`` (else 408) and fit in
+  ``max_header_size`` (else 431); h11 rejects malformed HTTP, and HTTP/1.1 without
+  ``Host``, with 400.
+- A request with ``Upgrade: websocket``: to another path than ``Config.path`` -> 404; not
+  ``GET``, not HTTP/1.1, no ``Connection: upgrade``, or a ``Sec-WebSocket-Key`` that is not
+  16 bytes of base64 -> 400; a ``Sec-WebSocket-Version`` other than 13 -> 400 with
+  ``Sec-WebSocket-Version: 13``; an ``Origin`` outside ``allowed_origins`` -> 403; the
+  server shutting down or at ``max_connections`` -> 503 (before ``authenticate`` runs);
+  then ``authenticate`` decides: ``AuthError`` -> its status, anything else but
+  :class:`Accept` -> 500.
+- A plain request: ``health_path`` -> 200 ``OK``; ``metrics_path`` -> Prometheus text;
+  ``Config.path`` -> 426 with ``Upgrade: websocket``; anything else -> ``handle_http``,
+  404 when it returns None. Plain HTTP connections close after one response.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import socket
+from http import HTTPStatus
+from urllib.parse import parse_qsl, unquote
+
+import h11
+import structlog
+import trio
+from prometheus_client import CONTENT_TYPE_LATEST
+from trio.lowlevel import wait_readable, wait_writable
+
+from ._connection import Connection
+from ._core import Core
+from .errors import AuthError
+from .handler import Accept, AuthRequest, Headers, HTTPRequest, HTTPResponse, new_session_id
+
+__all__ = ["handle_request"]
+
+log = structlog.get_logger("riverside_trio.http")
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+RECV_SIZE = 16384
+
+
+async def _recv(sock: socket.socket) -> bytes:
+    """Some bytes from the socket; b"" at EOF or on a reset."""
+    while True:
+        try:
+            return sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            await wait_readable(sock)
+        except OSError:
+            return b""
+
+
+async def send_all(sock: socket.socket, data: bytes) -> bool:
+    """Write all of ``data``; False if the peer is gone."""
+    view = memoryview(data)
+    while view:
+        try:
+            n = sock.send(view)
+        except BlockingIOError:
+            await wait_writable(sock)
+            continue
+        except OSError:
+            return False
+        view = view[n:]
+    return True
+
+
+def _response(
+    status: int,
+    body: bytes | str = b"",
+    headers: list[tuple[str, str]] | tuple[tuple[str, str], ...] = (),
+    content_type: str = "text/plain; charset=utf-8",
+    head: bool = False,
+) -> bytes:
+    """A whole HTTP/1.1 response that ends the connection.
+
+    Raises:
+        ValueError: a header name or value would break the response (CR, LF, ':' in a name).
+    """
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    lines = [
+        f"HTTP/1.1 {status} {phrase}",
+        "Server: riverside-trio",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+    ]
+    for name, value in headers:
+        if not name or any(c in name for c in "\r\n: ") or any(c in value for c in "\r\n"):
+            raise ValueError(f"invalid response header {name!r}: {value!r}")
+        lines.append(f"{name}: {value}")
+    out = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return out if head else out + body
+
+
+async def _close_after_response(sock: socket.socket, data: bytes) -> None:
+    """Send a whole response, then close without resetting what is still in flight."""
+    if await send_all(sock, data):
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        # Read (and drop) what the client still sends, briefly, so close() sends FIN, not RST.
+        with trio.move_on_after(1.0):
+            drained = 0
+            while drained < 65536:
+                chunk = await _recv(sock)
+                if not chunk:
+                    break
+                drained += len(chunk)
+
+
+def _is_ws_path(pattern: str, path: str) -> bool:
+    """``Config.path`` is one path, or a prefix ending in ``*`` (``/*``: every path)."""
+    if pattern.endswith("*"):
+        return path.startswith(pattern[:-1])
+    return path == pattern
+
+
+def _tokens(headers: Headers, name: str) -> list[str]:
+    return [t.strip().lower() for v in headers.get_all(name) for t in v.split(",") if t.strip()]
+
+
+async def handle_request(core: Core, sock: socket.socket, peer: tuple[str, int]) -> Connection | None:
+    """Read one request; answer it, or complete the upgrade and return the new Connection.
+
+    The caller owns ``sock``: when this returns None the response (if any) was sent and
+    the socket can be closed.
+    """
+    cfg = core.config
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=cfg.max_header_size)
+    request: h11.Request | None = None
+    with trio.move_on_after(cfg.handshake_timeout) as scope:
+        try:
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await _recv(sock))
+                    continue
+                if isinstance(event, h11.Request):
+                    request = event
+                break
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint if exc.error_status_hint in (400, 431) else 400
+            log.debug("bad_request", peer=peer, status=status, error=str(exc))
+            await _close_after_response(sock, _response(status, f"{exc}\n"))
+            return None
+    if scope.cancelled_caught:
+        await _close_after_response(sock, _response(408, "request head took too long\n"))
+        return None
+    if request is None:
+        return None  # the client went away before sending a request
+
+    method = request.method.decode("ascii", "replace")
+    target = request.target.decode("ascii", "replace")
+    raw_path, _, query_string = target.partition("?")
+    path = unquote(raw_path)
+    headers = Headers([(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers])
+    head = method == "HEAD"
+
+    ws_path = _is_ws_path(cfg.path, path)
+    if "websocket" not in _tokens(headers, "upgrade"):
+        if path == cfg.health_path and method in ("GET", "HEAD"):
+            data = _response(200, "OK", head=head)
+        elif cfg.metrics_path is not None and path == cfg.metrics_path and method in ("GET", "HEAD"):
+            data = _response(200, core.metrics.render(), content_type=CONTENT_TYPE_LATEST, head=head)
+        elif ws_path and method == "GET":
+            data = _response(
+                426,
+                "this endpoint speaks WebSocket: send an upgrade request\n",
+                [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")],
+            )
+        elif ws_path:
+            data = _response(405, "method not allowed\n", [("Allow", "GET")], head=head)
+        else:
+            data = await _user_route(core, conn, sock, method, path, query_string, headers, peer)
+            if data is None:
+                return None
+        await _close_after_response(sock, data)
+        return None
+
+    # ---- an upgrade request
+    if not ws_path:
+        return await _reject(core, sock, 404, "no WebSocket endpoint here\n")
+    if method != "GET":
+        return await _reject(core, sock, 400, "a WebSocket upgrade must be a GET\n")
+    if request.http_version != b"1.1":
+        return await _reject(core, sock, 400, "a WebSocket upgrade needs HTTP/1.1\n")
+    if "upgrade" not in _tokens(headers, "connection"):
+        return await _reject(core, sock, 400, "Connection: Upgrade is missing\n")
+    versions = headers.get_all("sec-websocket-version")
+    if versions != ["13"]:
+        return await _reject(
+            core,
+            sock,
+            400,
+            "unsupported Sec-WebSocket-Version: this server speaks 13\n",
+            [("Sec-WebSocket-Version", "13")],
+        )
+    keys = headers.get_all("sec-websocket-key")
+    key = keys[0].strip() if len(keys) == 1 else ""
+    try:
+        valid_key = len(base64.b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        valid_key = False
+    if not valid_key:
+        return await _reject(core, sock, 400, "Sec-WebSocket-Key must be 16 bytes in base64\n")
+    origin = headers.get("origin")
+    if cfg.allowed_origins is not None and origin not in cfg.allowed_origins:
+        return await _reject(core, sock, 403, "origin not allowed\n")
+    if core.shutting_down:
+        return await _reject(core, sock, 503, "server shutting down\n", [("Retry-After", "5")])
+    if len(core.registry) + core.handshakes >= cfg.max_connections:
+        return await _reject(core, sock, 503, "too many connections\n", [("Retry-After", "5")])
+
+    query_list = tuple(parse_qsl(query_string, keep_blank_values=True))
+    forwarded = headers.get("x-forwarded-for")
+    auth_request = AuthRequest(
+        path=path,
+        query=dict(query_list),
+        query_list=query_list,
+        headers=headers,
+        peer=peer,
+        forwarded_for=forwarded.split(",")[0].strip() or None if forwarded else None,
+        subprotocols=tuple(
+            t.strip()
+            for v in headers.get_all("sec-websocket-protocol")
+            for t in v.split(",")
+            if t.strip()
+        ),
+    )
+    core.handshakes += 1
+    try:
+        try:
+            accept = await core.handler.authenticate(auth_request)
+        except AuthError as exc:
+            return await _reject(core, sock, exc.status, exc.body, exc.headers)
+        except Exception:
+            log.exception("authenticate_failed", peer=peer, path=path)
+            return await _reject(core, sock, 500, "internal error\n")
+        if not isinstance(accept, Accept):
+            log.error("authenticate_bad_result", result=repr(accept)[:200], peer=peer)
+            return await _reject(core, sock, 500, "internal error\n")
+        if accept.subprotocol is not None and accept.subprotocol not in auth_request.subprotocols:
+            log.error("subprotocol_not_offered", subprotocol=accept.subprotocol, peer=peer)
+            return await _reject(core, sock, 500, "internal error\n")
+        if core.shutting_down:
+            return await _reject(core, sock, 503, "server shutting down\n", [("Retry-After", "5")])
+
+        digest = hashlib.sha1(key.encode("ascii") + GUID).digest()
+        lines = [
+            b"HTTP/1.1 101 Switching Protocols",
+            b"Upgrade: websocket",
+            b"Connection: Upgrade",
+            b"Sec-WebSocket-Accept: " + base64.b64encode(digest),
+        ]
+        if accept.subprotocol is not None:
+            lines.append(b"Sec-WebSocket-Protocol: " + accept.subprotocol.encode("latin-1"))
+        if not await send_all(sock, b"\r\n".join(lines) + b"\r\n\r\n"):
+            return None
+        return Connection(
+            core,
+            sock,
+            auth_request,
+            user_id=accept.user_id,
+            session_id=accept.session_id or new_session_id(),
+            state={} if accept.state is None else accept.state,
+            subprotocol=accept.subprotocol,
+            leftover=conn.trailing_data[0],
+        )
+    finally:
+        core.handshakes -= 1
+
+
+async def _reject(
+    core: Core,
+    sock: socket.socket,
+    status: int,
+    body: bytes | str,
+    headers: list[tuple[str, str]] | tuple[tuple[str, str], ...] = (),
+) -> None:
+    try:
+        data = _response(status, body, headers)
+    except (ValueError, UnicodeEncodeError) as exc:
+        log.error("bad_rejection_headers", error=str(exc), status=status)
+        status, data = 500, _response(500, "internal error\n")
+    core.metrics.rejected[status] += 1
+    await _close_after_response(sock, data)
+    return None
+
+
+async def _user_route(
+    core: Core,
+    conn: h11.Connection,
+    sock: socket.socket,
+    method: str,
+    path: str,
+    query_string: str,
+    headers: Headers,
+    peer: tuple[str, int],
+) -> bytes | None:
+    """Read the body (up to max_message_size) and ask ``Handler.handle_http``."""
+    body = bytearray()
+    with trio.move_on_after(core.config.handshake_timeout) as scope:
+        try:
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await _recv(sock))
+                    continue
+                if isinstance(event, h11.Data):
+                    body += event.data
+                    if len(body) > core.config.max_message_size:
+                        return _response(413, "request body too large\n")
+                    continue
+                break
+        except h11.RemoteProtocolError as exc:
+            return _response(400, f"{exc}\n")
+    if scope.cancelled_caught:
+        return _response(408, "request took too long\n")
+    req = HTTPRequest(
+        method=method,
+        path=path,
+        query=dict(parse_qsl(query_string, keep_blank_values=True)),
+        headers=headers,
+        peer=peer,
+        body=bytes(body),
+    )
+    try:
+        resp = await core.handler.handle_http(req)
+    except Exception:
+        log.exception("handle_http_failed", path=path, method=method)
+        return _response(500, "internal error\n")
+    if resp is None:
+        return _response(404, "not found\n", head=method == "HEAD")
+    if not isinstance(resp, HTTPResponse):
+        log.error("handle_http_bad_result", result=repr(resp)[:200], path=path)
+        return _response(500, "internal error\n")
+    try:
+        return _response(
+            resp.status, resp.body, list(resp.headers), resp.content_type, head=method == "HEAD"
+        )
+    except (ValueError, TypeError, UnicodeEncodeError) as exc:
+        log.error("handle_http_bad_response", error=str(exc), path=path)
+        return _response(500, "internal error\n")

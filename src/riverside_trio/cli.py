@@ -1,0 +1,269 @@
+"""The ``riverside-trio`` command (also ``python -m riverside_trio``).
+
+``riverside-trio serve [module:Handler] [--config FILE] [--port N] ...`` loads the settings
+(defaults < TOML < ``RIVERSIDE_*`` < flags), imports the handler and runs the server until
+SIGINT or SIGTERM. Without a handler it serves the built-in demo (:mod:`._demo`).
+
+There is one flag per :class:`~riverside_trio.config.Config` field, generated from the
+dataclass; their help texts are the ``Attributes:`` entries of its docstring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import importlib
+import os
+import sys
+import typing
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import structlog
+
+from . import config as _config
+from ._logging import configure_logging
+from .config import ENV_PREFIX, Config
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .handler import Handler
+
+__all__ = ["load_handler", "main"]
+
+log = structlog.get_logger("riverside_trio.cli")
+
+PROG = "riverside-trio"
+EXIT_USAGE = 2  # bad flags, settings or handler spec, as argparse does
+
+# The first setting of each group; the settings that follow belong to it until the next one.
+_GROUP_STARTS = {
+    "host": "network",
+    "max_connections": "limits",
+    "handshake_timeout": "timeouts (seconds)",
+    "invalid_message": "behaviour",
+    "log_format": "logging",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (``sys.argv[1:]`` when None); return the exit status.
+
+    0 after a clean shutdown, 2 for a usage error (bad flag, setting or handler), 1 when the
+    handler module fails to import.
+    """
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or argparse's own usage errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        config = _config._load(
+            toml_path=args.config,
+            env=None,
+            overrides=_flag_overrides(args),
+            override_source=_flag,
+        )
+    except ConfigError as exc:
+        return _usage_error(str(exc))
+    configure_logging(config.log_format, config.log_level)
+    log.debug("config", **dataclasses.asdict(config))
+
+    if args.handler is None:
+        from ._demo import DemoHandler
+
+        handler: Handler = DemoHandler()
+        log.info("serving_demo", hint="name your own handler as module:Handler")
+    else:
+        try:
+            handler = load_handler(args.handler)
+        except ConfigError as exc:
+            return _usage_error(str(exc))
+        except Exception:  # the user's module raised while importing: show where
+            log.exception("handler_import_failed", handler=args.handler)
+            return 1
+
+    from .server import run  # imported late: the command must load even if the server cannot
+
+    try:
+        run(handler, config)
+    except KeyboardInterrupt:  # the server handles SIGINT; this is only a second Ctrl-C
+        return 130
+    return 0
+
+
+def _usage_error(message: str) -> int:
+    sys.stderr.write(f"{PROG}: error: {message}\n")
+    return EXIT_USAGE
+
+
+# -- the handler ---------------------------------------------------------------------------
+
+
+def load_handler(spec: str) -> Handler:
+    """Import ``"module:attribute"`` and return the handler it names.
+
+    The current directory is put first on ``sys.path`` (as uvicorn does), so a
+    ``chat.py`` next to you is ``chat:ChatHandler``. The attribute may be dotted
+    (``app:handlers.Chat``). A :class:`~riverside_trio.handler.Handler` subclass is
+    instantiated with no arguments; an instance is used as it is.
+
+    Raises:
+        ConfigError: ``handler``: the spec is malformed, the module or attribute does not
+            exist, or it is not a Handler.
+        Exception: whatever the module raises while it is imported.
+    """
+    from .handler import Handler
+
+    module_name, _, attr_path = spec.partition(":")
+    if not module_name or not attr_path or not all(attr_path.split(".")):
+        raise ConfigError(
+            "handler", f"expected 'module:Handler', e.g. 'chat:ChatHandler', got {spec!r}"
+        )
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
+            raise ConfigError(
+                "handler", f"no module named {exc.name!r} (looked in {cwd} and on sys.path)"
+            ) from None
+        raise ConfigError("handler", f"importing {module_name!r} failed: {exc}") from None
+    where = module_name
+    for attr in attr_path.split("."):
+        try:
+            obj = getattr(obj, attr)
+        except AttributeError:
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            close = difflib.get_close_matches(attr, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError("handler", f"{where!r} has no attribute {attr!r}{hint}") from None
+        where = f"{where}:{attr}" if where == module_name else f"{where}.{attr}"
+    if isinstance(obj, type):
+        if not issubclass(obj, Handler):
+            raise ConfigError("handler", f"{spec} is not a subclass of riverside_trio.Handler")
+        try:
+            obj = obj()
+        except TypeError as exc:
+            raise ConfigError(
+                "handler", f"cannot create {spec}() without arguments: {exc}"
+            ) from None
+    if not isinstance(obj, Handler):
+        raise ConfigError(
+            "handler",
+            f"{spec} is a {type(obj).__name__}, not a riverside_trio.Handler subclass or instance",
+        )
+    return obj
+
+
+# -- flags ---------------------------------------------------------------------------------
+
+
+def _flag(name: str) -> str:
+    """The flag of setting ``name``: ``--max-connections``; ``--allowed-origin`` (repeated)."""
+    if name == "allowed_origins":
+        return "--allowed-origin"
+    return "--" + name.replace("_", "-")
+
+
+def _metavar(name: str) -> str:
+    optional, base = _config._split_optional(_config._hints()[name])
+    rule = _config._rules()[name]
+    if typing.get_origin(base) is Literal:
+        text = "{" + ",".join(typing.get_args(base)) + "}"
+    elif typing.get_origin(base) is tuple:
+        return "ORIGIN"
+    elif base is float and rule.unit == "seconds":
+        text = "SECONDS"
+    elif base is int:
+        text = "BYTES" if rule.unit == "bytes" else "N"
+    elif base is str and rule.url_path:
+        text = "PATH"
+    else:
+        text = name.upper()
+    return f"{text}|off" if optional else text
+
+
+def _help(name: str) -> str:
+    doc = _config._field_docs().get(name, "")
+    default = next(f.default for f in dataclasses.fields(Config) if f.name == name)
+    if name == "allowed_origins":
+        doc += " Repeat the flag for several origins."
+    shown = "off" if default is None else default
+    env = ENV_PREFIX + name.upper()
+    return f"{doc} (default: {shown}; env {env})".replace("%", "%%")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="A WebSocket server framework for Trio."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run a WebSocket server",
+        description=(
+            "Serve a riverside-trio Handler. Settings come from, lowest first: defaults, "
+            "the TOML file, RIVERSIDE_* environment variables, these flags."
+        ),
+    )
+    serve.add_argument(
+        "handler",
+        nargs="?",
+        metavar="module:Handler",
+        help="the handler to serve, e.g. chat:ChatHandler (default: the built-in demo)",
+    )
+    serve.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help=f"TOML file of settings (default: none; env {ENV_PREFIX}CONFIG)",
+    )
+    group = serve.add_argument_group()
+    for f in dataclasses.fields(Config):
+        if f.name in _GROUP_STARTS:
+            group = serve.add_argument_group(_GROUP_STARTS[f.name])
+        base = _config._split_optional(_config._hints()[f.name])[1]
+        if base is bool:
+            group.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=_help(f.name),
+            )
+        else:
+            group.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                action="append" if f.name == "allowed_origins" else "store",
+                metavar=_metavar(f.name),
+                default=argparse.SUPPRESS,
+                help=_help(f.name),
+            )
+    return parser
+
+
+def _flag_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The settings given as flags, parsed like environment variables."""
+    overrides: dict[str, object] = {}
+    for f in dataclasses.fields(Config):
+        if not hasattr(args, f.name):
+            continue
+        value = getattr(args, f.name)
+        if isinstance(value, bool):
+            overrides[f.name] = value
+        else:
+            text = ",".join(value) if isinstance(value, list) else value
+            overrides[f.name] = _config._parse_text(f.name, text, _flag(f.name))
+    return overrides

@@ -1,0 +1,510 @@
+"""Server settings: the :class:`Config` dataclass and :func:`load_config`.
+
+Settings come from four layers, each overriding the one before::
+
+    defaults  <  TOML file  <  RIVERSIDE_* environment variables  <  overrides (CLI flags)
+
+Every value is validated when the ``Config`` is built, so a bad setting stops the server at
+start-up with a :class:`~riverside_trio.errors.ConfigError` naming it, never later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import inspect
+import math
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "Config", "load_config"]
+
+ENV_PREFIX = "RIVERSIDE_"
+"""Environment variables named ``RIVERSIDE_<FIELD_UPPER>`` set the field of that name."""
+
+# RIVERSIDE_* variables that are not settings: read elsewhere, never reported as unknown.
+_OTHER_ENV_VARS = frozenset(
+    {
+        "RIVERSIDE_CONFIG",  # path of the TOML file, when load_config gets no toml_path
+        "RIVERSIDE_NO_EXTENSIONS",  # frames.py: use the pure-Python frame codec
+        "RIVERSIDE_BUILD_EXTENSIONS",  # setup.py: require (1) or skip (0) the compiled module
+        "RIVERSIDE_REQUIRE_EXTENSIONS",  # tests: fail unless the compiled module loaded
+    }
+)
+
+_OFF_WORDS = frozenset({"off", "none"})
+_TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+_FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    """Constraints beyond the annotated type, kept in each field's metadata."""
+
+    min: float | None = None  # inclusive lower bound
+    gt: float | None = None  # exclusive lower bound
+    max: float | None = None  # inclusive upper bound
+    unit: str = ""  # "seconds" or "bytes", for messages
+    url_path: bool = False  # a string starting with "/"
+    note: str = ""  # appended to the "allowed" description
+
+
+def _setting(default: Any, **rule: Any) -> Any:
+    return field(default=default, metadata={"rule": _Rule(**rule)})
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Config:
+    """Settings of one server. Build it with keywords, or with :func:`load_config`.
+
+    Values are validated on construction; a wrong one raises ``ConfigError`` naming the field.
+    Whole numbers given for float fields are stored as ``float``, lists of origins as tuples.
+
+    Attributes:
+        host: Interface to listen on; "0.0.0.0" or "::" listens on all of them.
+        port: TCP port, 0 to 65535; 0 picks any free port (the bound one is logged).
+        path: URL path of the WebSocket endpoint; starts with "/".
+        reuse_port: Set SO_REUSEPORT so several processes can share the port.
+        backlog: Length of the kernel's queue of not yet accepted connections, >= 1.
+        max_connections: Most open WebSocket connections, >= 1; beyond it new upgrades
+            are answered with HTTP 503.
+        max_message_size: Largest incoming message in bytes, >= 1; a bigger one closes the
+            connection with 1009.
+        transmission_limit: Messages a client may send per transmission_period; more close
+            the connection with 1008. 0 turns the limit off.
+        transmission_period: Length in seconds of the transmission_limit window, > 0.
+        outbox_size: Frames queued for one client before it is shed as a slow consumer
+            (1008 slow_consumer), >= 1.
+        outbox_bytes: Bytes queued for one client before it is shed as a slow consumer, >= 1.
+        max_header_size: Largest HTTP request head in bytes, >= 1024; a bigger one gets 431.
+        handshake_timeout: Seconds a client has to send its HTTP request head, > 0.
+        idle_timeout: Seconds without a message from the client before it is closed
+            (1000 idle_timeout), > 0; None ("off") turns it off.
+        max_connection_age: Seconds after which a connection is closed (1000 over_age),
+            > 0; None ("off") turns it off.
+        ping_interval: Seconds between keepalive pings, > 0; None ("off") turns pings off.
+        ping_timeout: Seconds to wait for the pong before closing with 1011, > 0.
+        close_timeout: Seconds to wait for the client's close frame after ours, > 0.
+        drain_timeout: On shutdown, seconds to wait for clients to close after the 1001
+            close frame before cancelling their tasks, >= 0.
+        terminate_timeout: Seconds Handler.terminate may run before it is cancelled, > 0.
+        invalid_message: What to do with a message the codec cannot decode: "ignore" it
+            (counted in the metrics) or "close" the connection (1003 or 1007).
+        allowed_origins: Origins allowed to open a WebSocket, each exactly
+            "scheme://host[:port]" (compared lowercased); None ("off") allows any Origin.
+        health_path: URL path answering plain HTTP health checks; starts with "/".
+        metrics_path: URL path of the Prometheus metrics; None ("off") turns the endpoint off.
+        log_format: Log output of the CLI: "console" (for people) or "json" (one object a line).
+        log_level: Lowest level logged by the CLI: "debug", "info", "warning" or "error".
+    """
+
+    # network
+    host: str = "127.0.0.1"
+    port: int = _setting(8000, min=0, max=65535, note="(0 picks a free port)")
+    path: str = _setting("/ws", url_path=True)
+    reuse_port: bool = False
+    backlog: int = _setting(1024, min=1)
+
+    # limits
+    max_connections: int = _setting(10_000, min=1)
+    max_message_size: int = _setting(1_048_576, min=1, unit="bytes")
+    transmission_limit: int = _setting(50, min=0, note="(0 turns the limit off)")
+    transmission_period: float = _setting(2.0, gt=0, unit="seconds")
+    outbox_size: int = _setting(1000, min=1)
+    outbox_bytes: int = _setting(16_777_216, min=1, unit="bytes")
+    max_header_size: int = _setting(16_384, min=1024, unit="bytes")
+
+    # timeouts (seconds; None = off where allowed)
+    handshake_timeout: float = _setting(10.0, gt=0, unit="seconds")
+    idle_timeout: float | None = _setting(60.0, gt=0, unit="seconds")
+    max_connection_age: float | None = _setting(None, gt=0, unit="seconds")
+    ping_interval: float | None = _setting(30.0, gt=0, unit="seconds")
+    ping_timeout: float = _setting(20.0, gt=0, unit="seconds")
+    close_timeout: float = _setting(5.0, gt=0, unit="seconds")
+    drain_timeout: float = _setting(10.0, min=0, unit="seconds")
+    terminate_timeout: float = _setting(5.0, gt=0, unit="seconds")
+
+    # behaviour
+    invalid_message: Literal["ignore", "close"] = "ignore"
+    allowed_origins: tuple[str, ...] | None = None
+    health_path: str = _setting("/health", url_path=True)
+    metrics_path: str | None = _setting("/metrics", url_path=True)
+
+    # logging (used by the CLI)
+    log_format: Literal["console", "json"] = "console"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            checked = _check(f.name, value)
+            if checked is not value:
+                object.__setattr__(self, f.name, checked)
+        paths = {"path": self.path, "health_path": self.health_path}
+        if self.metrics_path is not None:
+            paths["metrics_path"] = self.metrics_path
+        seen: dict[str, str] = {}
+        for name, value in paths.items():
+            if value in seen:
+                raise ConfigError(name, f"{value!r} is already the {seen[value]}; use another path")
+            seen[value] = name
+
+    def replace(self, **changes: Any) -> Config:
+        """Return a copy with ``changes`` applied, validated like a new ``Config``.
+
+        Raises:
+            ConfigError: a changed value is invalid, or a name is not a setting.
+        """
+        for name in changes:
+            if name not in _field_names():
+                raise ConfigError(name, f"not a setting{_suggest(name, _field_names())}")
+        return dataclasses.replace(self, **changes)
+
+
+def load_config(
+    *,
+    toml_path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> Config:
+    """Build a :class:`Config` from defaults, a TOML file, the environment and overrides.
+
+    Later sources win: defaults < TOML < environment < overrides.
+
+    Args:
+        toml_path: A TOML file whose top-level keys (or the keys of its ``[riverside]``
+            table) are setting names. None reads the file named by ``RIVERSIDE_CONFIG``, if
+            that is set, else no file. Optional settings accept the string ``"off"``.
+        env: Environment variables, ``os.environ`` when None. ``RIVERSIDE_<NAME>`` sets the
+            setting ``<name>``: ``off``/``none`` turns an optional setting off, booleans are
+            ``1/0/true/false/yes/no/on/off``, ``allowed_origins`` is comma-separated.
+        overrides: Setting values that win over everything, e.g. command-line flags.
+
+    Raises:
+        ConfigError: a file is missing or malformed, a key or ``RIVERSIDE_*`` variable names
+            no setting (the closest setting is suggested), or a value is invalid; the
+            message names the setting and where its value came from.
+    """
+    return _load(toml_path=toml_path, env=env, overrides=overrides)
+
+
+# -- loading -------------------------------------------------------------------------------
+
+# A layer maps setting names to (value, where it came from).
+_Layer = dict[str, tuple[object, str]]
+
+
+def _load(
+    *,
+    toml_path: str | os.PathLike[str] | None,
+    env: Mapping[str, str] | None,
+    overrides: Mapping[str, object] | None,
+    override_source: Callable[[str], str] = lambda name: "overrides",
+) -> Config:
+    """:func:`load_config`, naming each override's source with ``override_source(name)``."""
+    env = os.environ if env is None else env
+    if toml_path is None and env.get("RIVERSIDE_CONFIG"):
+        toml_path = env["RIVERSIDE_CONFIG"]
+    layers = [_toml_layer(toml_path) if toml_path is not None else {}, _env_layer(env)]
+    overrides_layer: _Layer = {}
+    for name, value in (overrides or {}).items():
+        if name not in _field_names():
+            raise ConfigError(name, f"not a setting{_suggest(name, _field_names())}")
+        overrides_layer[name] = (value, override_source(name))
+    layers.append(overrides_layer)
+    return _assemble(layers)
+
+
+def _assemble(layers: Iterable[_Layer]) -> Config:
+    values: dict[str, object] = {}
+    sources: dict[str, str] = {}
+    for layer in layers:
+        for name, (value, source) in layer.items():
+            values[name] = value
+            sources[name] = source
+    try:
+        return Config(**values)  # type: ignore[arg-type]
+    except ConfigError as exc:
+        if exc.setting not in sources:
+            raise
+        message = str(exc).removeprefix(f"{exc.setting}: ")
+        raise _sourced_error(exc.setting, sources[exc.setting], message) from None
+
+
+def _sourced_error(name: str, source: str, message: str) -> ConfigError:
+    """A ConfigError for ``name`` whose text reads ``name (from source): message``."""
+    exc = ConfigError(name, message)
+    exc.args = (f"{name} (from {source}): {message}",)
+    return exc
+
+
+def _toml_layer(path: str | os.PathLike[str]) -> _Layer:
+    shown = os.fspath(path)
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {shown}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"{shown} is not valid TOML: {exc}") from None
+    table = data.pop("riverside", {})
+    if not isinstance(table, dict):
+        raise ConfigError("config", f"{shown}: 'riverside' must be a table of settings")
+    both = sorted(table.keys() & data.keys())
+    if both:
+        raise ConfigError(both[0], f"set both at the top level and in [riverside] of {shown}")
+    layer: _Layer = {}
+    for name, value in {**data, **table}.items():
+        if name not in _field_names():
+            raise ConfigError(name, f"unknown setting in {shown}{_suggest(name, _field_names())}")
+        if isinstance(value, str) and value.strip().lower() in _OFF_WORDS and _optional(name):
+            value = None
+        layer[name] = (value, shown)
+    return layer
+
+
+def _env_layer(env: Mapping[str, str]) -> _Layer:
+    layer: _Layer = {}
+    for var in sorted(env):
+        if not var.startswith(ENV_PREFIX) or var in _OTHER_ENV_VARS:
+            continue
+        name = var.removeprefix(ENV_PREFIX).lower()
+        if name not in _field_names():
+            known = [ENV_PREFIX + n.upper() for n in _field_names()]
+            raise ConfigError(var, f"no such setting{_suggest(var, known)}")
+        layer[name] = (_parse_text(name, env[var], var), var)
+    return layer
+
+
+def _parse_text(name: str, text: str, source: str) -> object:
+    """Parse ``text`` (from an environment variable or a flag) into a value for ``name``.
+
+    Only the form is checked here; ranges are checked by ``Config``.
+
+    Raises:
+        ConfigError: ``text`` does not parse; the message names ``name`` and ``source``.
+    """
+    hint = _hints()[name]
+    optional, base = _split_optional(hint)
+    word = text.strip().lower()
+    if optional and word in _OFF_WORDS:
+        return None
+    try:
+        if base is bool:
+            if word in _TRUE_WORDS:
+                return True
+            if word in _FALSE_WORDS:
+                return False
+            raise ValueError
+        if base is int:
+            return int(word)
+        if base is float:
+            return float(word)
+        if typing.get_origin(base) is Literal:
+            return word
+        if typing.get_origin(base) is tuple:
+            return tuple(part.strip() for part in text.split(",") if part.strip())
+        return text.strip()
+    except ValueError:
+        expected = _describe_text(name)
+        raise _sourced_error(name, source, f"expected {expected}, got {text!r}") from None
+
+
+# -- validation ----------------------------------------------------------------------------
+
+
+@functools.cache
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(Config)
+
+
+@functools.cache
+def _rules() -> dict[str, _Rule]:
+    return {f.name: f.metadata.get("rule", _Rule()) for f in dataclasses.fields(Config)}
+
+
+@functools.cache
+def _field_names() -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(Config))
+
+
+def _split_optional(hint: Any) -> tuple[bool, Any]:
+    """``X | None`` -> ``(True, X)``; any other type -> ``(False, type)``."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return True, args[0]
+    return False, hint
+
+
+def _optional(name: str) -> bool:
+    return _split_optional(_hints()[name])[0]
+
+
+def _check(name: str, value: object) -> object:
+    """Return ``value`` (normalised) if it is valid for ``name``, else raise ConfigError."""
+    optional, base = _split_optional(_hints()[name])
+    rule = _rules()[name]
+    if value is None and optional:
+        return None
+    if typing.get_origin(base) is tuple:
+        return _check_origins(name, value)
+    result = value
+    ok = False
+    if base is bool:
+        ok = isinstance(value, bool)
+    elif base is int:
+        ok = isinstance(value, int) and not isinstance(value, bool) and _in_range(value, rule)
+    elif base is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            result = float(value)
+            ok = math.isfinite(result) and _in_range(result, rule)
+    elif typing.get_origin(base) is Literal:
+        ok = isinstance(value, str) and value in typing.get_args(base)
+    elif base is str:
+        ok = isinstance(value, str) and bool(value) and (not rule.url_path or _is_path(value))
+    if not ok:
+        raise ConfigError(name, f"must be {_describe(name)}, got {value!r}")
+    return result
+
+
+def _in_range(value: float, rule: _Rule) -> bool:
+    return (
+        (rule.min is None or value >= rule.min)
+        and (rule.gt is None or value > rule.gt)
+        and (rule.max is None or value <= rule.max)
+    )
+
+
+_PATH_RE = re.compile(r"/[^\s?#]*")
+
+
+def _is_path(value: str) -> bool:
+    return _PATH_RE.fullmatch(value) is not None
+
+
+def _check_origins(name: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+        raise ConfigError(
+            name, f"must be a list of origins like 'https://example.com', or None, got {value!r}"
+        )
+    if not value:
+        raise ConfigError(name, "lists no origin; list at least one, or use None to allow any")
+    origins = []
+    for origin in value:
+        if not isinstance(origin, str):
+            raise ConfigError(name, f"origins must be strings, got {origin!r}")
+        if origin.strip() == "*":
+            raise ConfigError(name, "'*' is not an origin; use None ('off') to allow any")
+        parts = urlsplit(origin)
+        try:
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:
+            port_ok = False
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.username is not None
+            or parts.password is not None
+            or parts.path
+            or parts.query
+            or parts.fragment
+            or origin.endswith(("?", "#"))
+            or not port_ok
+        ):
+            raise ConfigError(
+                name,
+                f"{origin!r} is not an origin: expected exactly 'scheme://host[:port]' "
+                "with scheme http or https and no path, e.g. 'https://example.com:8443'",
+            )
+        origins.append(origin.lower())
+    return tuple(origins)
+
+
+def _describe(name: str) -> str:
+    """What ``Config`` accepts for ``name``, for error messages."""
+    optional, base = _split_optional(_hints()[name])
+    rule = _rules()[name]
+    if base is bool:
+        text = "True or False"
+    elif base is int or base is float:
+        if base is int:
+            text = f"an integer number of {rule.unit}" if rule.unit else "an integer"
+        else:
+            text = f"a number of {rule.unit}" if rule.unit else "a number"
+        if rule.min is not None and rule.max is not None:
+            text += f" from {rule.min:g} to {rule.max:g}"
+        elif rule.min is not None:
+            text += f" >= {rule.min:g}"
+        elif rule.gt is not None:
+            text += f" > {rule.gt:g}"
+    elif typing.get_origin(base) is Literal:
+        text = "one of " + ", ".join(repr(c) for c in typing.get_args(base))
+    elif typing.get_origin(base) is tuple:
+        return "a list of origins like 'https://example.com', or None to allow any"
+    elif base is str and rule.url_path:
+        text = "a URL path starting with '/' (no spaces, '?' or '#')"
+    else:
+        text = "a non-empty string"
+    if rule.note:
+        text += f" {rule.note}"
+    if optional:
+        text += ", or None to turn it off"
+    return text
+
+
+def _describe_text(name: str) -> str:
+    """What ``_parse_text`` accepts for ``name``, for error messages."""
+    optional, base = _split_optional(_hints()[name])
+    rule = _rules()[name]
+    if base is bool:
+        return "one of 1/0, true/false, yes/no, on/off"
+    if base is int:
+        text = f"an integer number of {rule.unit}" if rule.unit else "an integer"
+    elif base is float:
+        text = f"a number of {rule.unit}" if rule.unit else "a number"
+    else:  # str, Literal and tuple values always parse; Config checks them
+        return _describe(name)
+    return f"{text} or 'off'" if optional else text
+
+
+def _suggest(name: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+# -- documentation -------------------------------------------------------------------------
+
+
+@functools.cache
+def _field_docs() -> dict[str, str]:
+    """The ``Attributes:`` entries of :class:`Config`'s docstring, by field name.
+
+    The CLI uses them as ``--help`` texts, so each setting is documented in one place.
+    """
+    docs: dict[str, str] = {}
+    lines = inspect.cleandoc(Config.__doc__ or "").splitlines()
+    try:
+        start = lines.index("Attributes:") + 1
+    except ValueError:
+        return docs
+    current = None
+    for line in lines[start:]:
+        if line and not line.startswith(" "):
+            break  # the next section
+        entry = re.fullmatch(r" {4}(\w+): (.*)", line)
+        if entry:
+            current = entry[1]
+            docs[current] = entry[2]
+        elif current is not None and line.strip():
+            docs[current] += " " + line.strip()
+    return docs

@@ -1,0 +1,97 @@
+"""Frame encoding, rate limiting and outboxes: the hot path, compiled when it can be.
+
+Imports the compiled ``_frames_c`` (built from ``src/_frames.pyx``) and falls back to the
+pure-Python twin ``_frames_py`` when it is missing; both have the same names, results and
+errors. Set ``RIVERSIDE_NO_EXTENSIONS=1`` to use the twin anyway. ``IMPLEMENTATION`` tells
+which one was loaded: ``"c"`` or ``"python"``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Literal
+
+__all__ = [
+    "IMPLEMENTATION",
+    "OP_BINARY",
+    "OP_CLOSE",
+    "OP_CONTINUATION",
+    "OP_PING",
+    "OP_PONG",
+    "OP_TEXT",
+    "PUSH_CLOSED",
+    "PUSH_FULL",
+    "PUSH_QUEUED",
+    "PUSH_SENT",
+    "Outbox",
+    "TokenBucket",
+    "encode_close",
+    "encode_frame",
+    "fan_out",
+]
+
+IMPLEMENTATION: Literal["c", "python"]
+
+_NO_EXTENSIONS = os.environ.get("RIVERSIDE_NO_EXTENSIONS", "") not in ("", "0")
+
+if TYPE_CHECKING or _NO_EXTENSIONS:
+    from ._frames_py import (
+        OP_BINARY,
+        OP_CLOSE,
+        OP_CONTINUATION,
+        OP_PING,
+        OP_PONG,
+        OP_TEXT,
+        PUSH_CLOSED,
+        PUSH_FULL,
+        PUSH_QUEUED,
+        PUSH_SENT,
+        Outbox,
+        TokenBucket,
+        encode_close,
+        encode_frame,
+        fan_out,
+    )
+
+    IMPLEMENTATION = "python"
+else:
+    try:
+        from ._frames_c import (
+            OP_BINARY,
+            OP_CLOSE,
+            OP_CONTINUATION,
+            OP_PING,
+            OP_PONG,
+            OP_TEXT,
+            PUSH_CLOSED,
+            PUSH_FULL,
+            PUSH_QUEUED,
+            PUSH_SENT,
+            Outbox,
+            TokenBucket,
+            encode_close,
+            encode_frame,
+            fan_out,
+        )
+
+        IMPLEMENTATION = "c"
+    except ImportError:  # not built: no C compiler, RIVERSIDE_BUILD_EXTENSIONS=0, ...
+        from ._frames_py import (
+            OP_BINARY,
+            OP_CLOSE,
+            OP_CONTINUATION,
+            OP_PING,
+            OP_PONG,
+            OP_TEXT,
+            PUSH_CLOSED,
+            PUSH_FULL,
+            PUSH_QUEUED,
+            PUSH_SENT,
+            Outbox,
+            TokenBucket,
+            encode_close,
+            encode_frame,
+            fan_out,
+        )
+
+        IMPLEMENTATION = "python"

@@ -1,0 +1,238 @@
+"""The Handler base class and the values that pass through its callbacks.
+
+A server runs one Handler instance. For every client it calls, in order and never two at
+once for the same connection:
+
+1. ``authenticate(req)`` before the 101 response: return :class:`Accept` or raise
+   :class:`~riverside_trio.AuthError` to refuse with an HTTP status;
+2. ``init(conn)`` once the connection is open;
+3. ``handle_message(msg, conn)`` for every decoded message, and ``handle_info(info, conn)``
+   for everything posted with :meth:`Connection.send_info`;
+4. ``terminate(reason, conn)`` exactly once when the connection ends, shielded from
+   cancellation and time-boxed by ``Config.terminate_timeout``.
+
+Per-connection state lives in ``conn.state`` (``Accept.state``, a dict by default), so a
+handler needs no locks.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .codecs import Codec, JSONCodec
+
+if TYPE_CHECKING:
+    from ._connection import Connection
+
+__all__ = [
+    "Accept",
+    "AuthRequest",
+    "Handler",
+    "Headers",
+    "HTTPRequest",
+    "HTTPResponse",
+    "TerminateReason",
+]
+
+
+class Headers(Mapping[str, str]):
+    """Read-only, case-insensitive HTTP headers.
+
+    ``headers["x-token"]`` gives the last value of a repeated header, joined values are in
+    :meth:`get_all`, and ``raw`` keeps every ``(name, value)`` pair in order with the
+    names lower-cased.
+    """
+
+    __slots__ = ("_map", "raw")
+
+    def __init__(self, raw: Sequence[tuple[str, str]]) -> None:
+        self.raw: tuple[tuple[str, str], ...] = tuple((k.lower(), v) for k, v in raw)
+        self._map: dict[str, str] = {}
+        for k, v in self.raw:
+            self._map[k] = v
+
+    def __getitem__(self, name: str) -> str:
+        return self._map[name.lower()]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._map
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._map)
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of ``name``, in the order received."""
+        name = name.lower()
+        return [v for k, v in self.raw if k == name]
+
+    def __repr__(self) -> str:
+        return f"Headers({list(self.raw)!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRequest:
+    """The upgrade request as :meth:`Handler.authenticate` sees it.
+
+    Attributes:
+        path: the request path without the query string.
+        query: query parameters; for a repeated name the last value wins.
+        query_list: every ``(name, value)`` pair in order.
+        headers: case-insensitive request headers.
+        peer: the client's ``(host, port)`` as the socket sees it.
+        forwarded_for: the first address of ``X-Forwarded-For``, if any. Trust it only
+            behind a proxy you control.
+        subprotocols: the subprotocols the client offered, in its order of preference.
+    """
+
+    path: str
+    query: Mapping[str, str]
+    query_list: tuple[tuple[str, str], ...]
+    headers: Headers
+    peer: tuple[str, int]
+    forwarded_for: str | None = None
+    subprotocols: tuple[str, ...] = ()
+
+    @property
+    def origin(self) -> str | None:
+        """The ``Origin`` header (browsers send it), or None."""
+        return self.headers.get("origin")
+
+    @property
+    def basic(self) -> tuple[str, str] | None:
+        """``(user, password)`` from ``Authorization: Basic``, split on the first colon.
+
+        None when the header is absent, not Basic, or not valid base64.
+        """
+        scheme, _, value = self.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "basic" or not value.strip():
+            return None
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        user, sep, password = decoded.partition(":")
+        return (user, password) if sep else None
+
+    @property
+    def bearer_token(self) -> str | None:
+        """The token of ``Authorization: Bearer <token>``, or None."""
+        scheme, _, value = self.headers.get("authorization", "").partition(" ")
+        token = value.strip()
+        return token if scheme.lower() == "bearer" and token else None
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """Who the client is, returned by :meth:`Handler.authenticate`.
+
+    Attributes:
+        user_id: the user; all their connections are reached by ``deliver_user``.
+        session_id: this connection's session; random (40 lowercase hex digits) if None.
+        state: the initial ``conn.state``; a new empty dict if None.
+        subprotocol: the subprotocol to select; must be one the client offered.
+    """
+
+    user_id: str
+    session_id: str | None = None
+    state: Any = None
+    subprotocol: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.user_id, str) or not self.user_id:
+            raise TypeError(f"Accept.user_id must be a non-empty str, got {self.user_id!r}")
+        if self.session_id is not None and (
+            not isinstance(self.session_id, str) or not self.session_id
+        ):
+            raise TypeError(f"Accept.session_id must be a non-empty str, got {self.session_id!r}")
+
+
+def new_session_id() -> str:
+    """A random session id: 40 lowercase hex digits."""
+    return secrets.token_hex(20)
+
+
+@dataclass(frozen=True, slots=True)
+class TerminateReason:
+    """Why a connection ended, as :meth:`Handler.terminate` receives it.
+
+    Attributes:
+        kind: one of ``stop`` (a handler raised CloseConnection), ``closed``
+            (``conn.close()``), ``remote`` (the client closed, or TCP dropped: code 1006),
+            ``idle_timeout``, ``over_age``, ``too_many_messages``, ``slow_consumer``,
+            ``message_too_big``, ``protocol_error``, ``invalid_message``,
+            ``internal_error``, ``init_failed``, ``keepalive_timeout``, ``shutdown``.
+        code: the close code sent or received (1006: the TCP connection dropped without
+            a close frame).
+        reason: the close reason text.
+    """
+
+    kind: str
+    code: int | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPRequest:
+    """A plain HTTP request to a path the server does not handle itself."""
+
+    method: str
+    path: str
+    query: Mapping[str, str]
+    headers: Headers
+    peer: tuple[str, int]
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPResponse:
+    """The answer of :meth:`Handler.handle_http`."""
+
+    status: int = 200
+    body: bytes | str = b""
+    headers: Sequence[tuple[str, str]] = field(default_factory=tuple)
+    content_type: str = "text/plain; charset=utf-8"
+
+
+class Handler:
+    """Subclass and override the callbacks you need. Every callback is optional.
+
+    Attributes:
+        codec: how messages are decoded and encoded (JSON by default).
+    """
+
+    codec: ClassVar[Codec] = JSONCodec()
+
+    async def authenticate(self, req: AuthRequest) -> Accept:
+        """Decide who the client is before the upgrade completes.
+
+        The default accepts everyone with a random user id and session id. Raise
+        :class:`~riverside_trio.AuthError` to refuse with an HTTP status; any other
+        exception, or a return value that is not :class:`Accept`, refuses with 500 and is
+        logged. This is a checkpoint-free call from the server's point of view: if the
+        client disconnects or the server shuts down meanwhile, it is cancelled.
+        """
+        return Accept(user_id=new_session_id())
+
+    async def init(self, conn: Connection) -> None:
+        """The connection is open. An exception here closes it with 1011 ``init_failed``."""
+
+    async def handle_message(self, msg: Any, conn: Connection) -> None:
+        """One decoded message from the client. An exception closes with 1011."""
+
+    async def handle_info(self, info: Any, conn: Connection) -> None:
+        """Something posted to this connection with :meth:`Connection.send_info`."""
+
+    async def terminate(self, reason: TerminateReason, conn: Connection) -> None:
+        """The connection ended; runs exactly once, shielded, within ``terminate_timeout``."""
+
+    async def handle_http(self, req: HTTPRequest) -> HTTPResponse | None:
+        """Answer a plain HTTP request on a path of your own; None means 404."""
+        return None

@@ -1,0 +1,125 @@
+"""Server metrics: plain ints on the hot path, exported in Prometheus format at scrape time.
+
+Names follow Riverside's::
+
+    riverside_connected_sessions_count                 gauge
+    riverside_sessions_total                           counter
+    riverside_incoming_messages_total{frame_type}      counter (text, binary, ping, pong, close)
+    riverside_outgoing_messages_total{frame_type}      counter (text, binary)
+    riverside_connected_duration_seconds               histogram
+    riverside_rejected_connections_total{status}       counter (HTTP status of refused upgrades)
+    riverside_disconnects_total{reason}                counter (TerminateReason.kind)
+    riverside_invalid_messages_total{kind}             counter (wrong_type, undecodable)
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+__all__ = ["Metrics"]
+
+DURATION_BUCKETS = (0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 6 * 3600.0, 24 * 3600.0)
+
+
+class Metrics:
+    """The counters of one server. Read them directly in tests; scrape them at /metrics."""
+
+    def __init__(self, connected: Callable[[], int]) -> None:
+        self._connected = connected
+        self.sessions_total = 0
+        self.incoming_text = 0
+        self.incoming_binary = 0
+        self.incoming_control: Counter[str] = Counter()
+        self.outgoing_text = 0
+        self.outgoing_binary = 0
+        self.rejected: Counter[int] = Counter()
+        self.disconnects: Counter[str] = Counter()
+        self.invalid_messages: Counter[str] = Counter()
+        self._duration_counts = [0] * (len(DURATION_BUCKETS) + 1)
+        self._duration_sum = 0.0
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self))
+
+    @property
+    def connected(self) -> int:
+        """Connections open now."""
+        return self._connected()
+
+    def observe_duration(self, seconds: float) -> None:
+        """Record how long a finished connection lasted."""
+        self._duration_counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self._duration_sum += seconds
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+
+class _Collector:
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._m
+        yield GaugeMetricFamily(
+            "riverside_connected_sessions_count", "WebSocket connections open now", m.connected
+        )
+        yield CounterMetricFamily(
+            "riverside_sessions", "WebSocket connections opened", m.sessions_total
+        )
+        incoming = CounterMetricFamily(
+            "riverside_incoming_messages", "Messages received", labels=["frame_type"]
+        )
+        incoming.add_metric(["text"], m.incoming_text)
+        incoming.add_metric(["binary"], m.incoming_binary)
+        for kind in ("ping", "pong", "close"):
+            incoming.add_metric([kind], m.incoming_control[kind])
+        yield incoming
+        outgoing = CounterMetricFamily(
+            "riverside_outgoing_messages", "Messages sent", labels=["frame_type"]
+        )
+        outgoing.add_metric(["text"], m.outgoing_text)
+        outgoing.add_metric(["binary"], m.outgoing_binary)
+        yield outgoing
+        cumulative, buckets = 0, []
+        for bound, count in zip((*DURATION_BUCKETS, float("inf")), m._duration_counts):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        yield HistogramMetricFamily(
+            "riverside_connected_duration_seconds",
+            "How long WebSocket connections stayed open",
+            buckets=buckets,
+            sum_value=m._duration_sum,
+        )
+        rejected = CounterMetricFamily(
+            "riverside_rejected_connections",
+            "Upgrade requests refused, by HTTP status",
+            labels=["status"],
+        )
+        for status, n in sorted(m.rejected.items()):
+            rejected.add_metric([str(status)], n)
+        yield rejected
+        disconnects = CounterMetricFamily(
+            "riverside_disconnects", "Connections ended, by terminate reason", labels=["reason"]
+        )
+        for reason, n in sorted(m.disconnects.items()):
+            disconnects.add_metric([reason], n)
+        yield disconnects
+        invalid = CounterMetricFamily(
+            "riverside_invalid_messages",
+            "Incoming messages ignored or refused: wrong frame type or undecodable",
+            labels=["kind"],
+        )
+        for kind in ("wrong_type", "undecodable"):
+            invalid.add_metric([kind], m.invalid_messages[kind])
+        yield invalid

@@ -1,0 +1,161 @@
+"""Shared test helpers: start a real server on 127.0.0.1 port 0, talk to it over sockets."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+import riverside_trio
+from riverside_trio import Config, Handler, Server
+
+
+@asynccontextmanager
+async def running(handler: Handler | type[Handler], **settings: Any) -> AsyncIterator[Server]:
+    """A server on 127.0.0.1:0 for the duration of the block; cancelled afterwards."""
+    settings.setdefault("host", "127.0.0.1")
+    settings.setdefault("port", 0)
+    config = Config(**settings)
+    async with trio.open_nursery() as nursery:
+        server: Server = await nursery.start(riverside_trio.serve, handler, config)
+        try:
+            yield server
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def upgrade_request(
+    path: str = "/ws",
+    *,
+    key: str | None = None,
+    headers: dict[str, str] | None = None,
+    method: str = "GET",
+    version: str = "HTTP/1.1",
+) -> bytes:
+    key = key if key is not None else base64.b64encode(os.urandom(16)).decode()
+    lines = [f"{method} {path} {version}", "Host: 127.0.0.1"]
+    base = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": key,
+        "Sec-WebSocket-Version": "13",
+    }
+    base.update(headers or {})
+    lines += [f"{k}: {v}" for k, v in base.items() if v is not None]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def client_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True,
+                 rsv: int = 0, length: int | None = None) -> bytes:
+    """A client frame, masked by default; ``length`` overrides the declared length."""
+    n = len(payload) if length is None else length
+    b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
+    mbit = 0x80 if mask else 0
+    if n < 126:
+        head = struct.pack("!BB", b0, mbit | n)
+    elif n < 65536:
+        head = struct.pack("!BBH", b0, mbit | 126, n)
+    else:
+        head = struct.pack("!BBQ", b0, mbit | 127, n)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+class RawClient:
+    """A raw TCP client: hand-written handshakes and frames, for hostile-input tests."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buf = bytearray()
+
+    @classmethod
+    async def connect(cls, server: Server) -> RawClient:
+        return cls(await trio.open_tcp_stream("127.0.0.1", server.port))
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def _fill(self) -> bool:
+        try:
+            chunk = await self.stream.receive_some(65536)
+        except trio.BrokenResourceError:
+            chunk = b""
+        if not chunk:
+            return False
+        self.buf += chunk
+        return True
+
+    async def read_head(self) -> tuple[int, dict[str, str], bytes]:
+        """Read an HTTP response: (status, lower-cased headers, body so far/complete)."""
+        while b"\r\n\r\n" not in self.buf:
+            if not await self._fill():
+                raise EOFError("connection closed before a response head")
+        head, _, rest = bytes(self.buf).partition(b"\r\n\r\n")
+        self.buf = bytearray(rest)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        if "content-length" in headers:
+            n = int(headers["content-length"])
+            while len(self.buf) < n and await self._fill():
+                pass
+            body = bytes(self.buf[:n])
+            del self.buf[:n]
+        else:
+            body = b""
+        return status, headers, body
+
+    async def upgrade(self, path: str = "/ws", **kw: Any) -> tuple[int, dict[str, str], bytes]:
+        await self.send(upgrade_request(path, **kw))
+        return await self.read_head()
+
+    async def read_frame(self) -> tuple[int, bytes, bool]:
+        """(opcode, payload, fin) of the next server frame. EOFError at EOF."""
+        while True:
+            if len(self.buf) >= 2:
+                b0, b1 = self.buf[0], self.buf[1]
+                assert not b1 & 0x80, "server frames must not be masked"
+                n, pos = b1 & 0x7F, 2
+                if n == 126 and len(self.buf) >= 4:
+                    n, pos = struct.unpack("!H", self.buf[2:4])[0], 4
+                elif n == 127 and len(self.buf) >= 10:
+                    n, pos = struct.unpack("!Q", self.buf[2:10])[0], 10
+                if (n < 126 or pos > 2) and len(self.buf) >= pos + n:
+                    payload = bytes(self.buf[pos:pos + n])
+                    del self.buf[:pos + n]
+                    return b0 & 0x0F, payload, bool(b0 & 0x80)
+            if not await self._fill():
+                raise EOFError("connection closed")
+
+    async def read_close(self) -> tuple[int | None, str]:
+        """Skip data frames until a close frame; return its (code, reason)."""
+        while True:
+            op, payload, _ = await self.read_frame()
+            if op == 8:
+                if len(payload) >= 2:
+                    return struct.unpack("!H", payload[:2])[0], payload[2:].decode()
+                return None, ""
+
+    async def at_eof(self) -> bool:
+        """True once the server closed TCP (reads until EOF, dropping data)."""
+        while await self._fill():
+            self.buf.clear()
+        return True
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+def raw_socket_connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port))

@@ -1,0 +1,57 @@
+"""Shared test options and fixtures.
+
+Compiled hot path: tests marked ``c_extension`` run against ``riverside_trio._frames_c``;
+``pytest --no-c-extensions`` skips them (the pure-Python twin is still tested).
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--no-c-extensions",
+        action="store_true",
+        default=False,
+        help="skip the tests of the compiled hot path (marker c_extension)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("--no-c-extensions"):
+        return
+    skip = pytest.mark.skip(reason="--no-c-extensions")
+    for item in items:
+        if "c_extension" in item.keywords:
+            item.add_marker(skip)
+
+
+def _import_frames_c() -> ModuleType:
+    try:
+        return importlib.import_module("riverside_trio._frames_c")
+    except ImportError as exc:
+        pytest.skip(f"riverside_trio._frames_c is not built ({exc})")
+
+
+@pytest.fixture(scope="session")
+def frames_c() -> ModuleType:
+    """The compiled hot path; skips the test when it was not built."""
+    return _import_frames_c()
+
+
+@pytest.fixture(
+    scope="session",
+    params=[
+        pytest.param("c", marks=pytest.mark.c_extension),
+        pytest.param("python"),
+    ],
+)
+def frames_impl(request: pytest.FixtureRequest) -> ModuleType:
+    """The hot-path module under test: ``_frames_c``, then ``_frames_py``."""
+    if request.param == "c":
+        return _import_frames_c()
+    return importlib.import_module("riverside_trio._frames_py")

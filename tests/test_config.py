@@ -1,0 +1,343 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from riverside_trio.config import Config, load_config
+from riverside_trio.errors import ConfigError
+
+
+def test_defaults() -> None:
+    config = Config()
+    assert (config.host, config.port, config.path) == ("127.0.0.1", 8000, "/ws")
+    assert config.reuse_port is False
+    assert config.backlog == 1024
+    assert config.max_connections == 10_000
+    assert config.max_message_size == 1_048_576
+    assert (config.transmission_limit, config.transmission_period) == (50, 2.0)
+    assert (config.outbox_size, config.outbox_bytes) == (1000, 16_777_216)
+    assert config.max_header_size == 16_384
+    assert config.handshake_timeout == 10.0
+    assert config.idle_timeout == 60.0
+    assert config.max_connection_age is None
+    assert (config.ping_interval, config.ping_timeout) == (30.0, 20.0)
+    assert (config.close_timeout, config.drain_timeout, config.terminate_timeout) == (5, 10, 5)
+    assert config.invalid_message == "ignore"
+    assert config.allowed_origins is None
+    assert (config.health_path, config.metrics_path) == ("/health", "/metrics")
+    assert (config.log_format, config.log_level) == ("console", "info")
+
+
+def test_is_frozen_and_keyword_only() -> None:
+    config = Config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.port = 1  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Config("0.0.0.0")  # type: ignore[misc]
+
+
+def test_every_field_is_documented() -> None:
+    from riverside_trio.config import _field_docs
+
+    assert set(_field_docs()) == {f.name for f in dataclasses.fields(Config)}
+    assert all(_field_docs().values())
+
+
+BAD_VALUES: dict[str, list[object]] = {
+    "host": ["", 1, None],
+    "port": [-1, 65536, "8000", True, 80.0, None],
+    "path": ["ws", "", "/a b", "/ws?x", None, b"/ws"],
+    "reuse_port": [1, "yes", None],
+    "backlog": [0, -5, "1024", False],
+    "max_connections": [0, 1.5, True],
+    "max_message_size": [0, "1M", None],
+    "transmission_limit": [-1, 1.0, True],
+    "transmission_period": [0, -1.0, "2", float("nan"), float("inf"), True, None],
+    "outbox_size": [0, None, "1"],
+    "outbox_bytes": [0, 2.5],
+    "max_header_size": [1023, 0, "16k"],
+    "handshake_timeout": [0, -1, None, "10"],
+    "idle_timeout": [0, -3.5, "60", False],
+    "max_connection_age": [0, -1, "1h"],
+    "ping_interval": [0, -1, "30"],
+    "ping_timeout": [0, None, "x"],
+    "close_timeout": [0, -0.5, None],
+    "drain_timeout": [-0.1, None, "10"],
+    "terminate_timeout": [0, None],
+    "invalid_message": ["drop", "CLOSE", None, 1],
+    "allowed_origins": [
+        "https://example.com",  # a bare string, not a list of origins
+        [],
+        ["*"],
+        ["example.com"],
+        ["https://example.com/"],
+        ["https://example.com/app"],
+        ["ftp://example.com"],
+        ["https://user@example.com"],
+        ["https://example.com:99999"],
+        ["https://example.com?x=1"],
+        [1],
+    ],
+    "health_path": ["health", "", None, "/ws"],
+    "metrics_path": ["metrics", "", "/health"],
+    "log_format": ["text", None],
+    "log_level": ["trace", "INFO", None],
+}
+
+
+def test_bad_values_cover_every_field() -> None:
+    assert set(BAD_VALUES) == {f.name for f in dataclasses.fields(Config)}
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [(name, value) for name, values in BAD_VALUES.items() for value in values],
+)
+def test_invalid_value_raises_config_error_naming_the_field(name: str, value: object) -> None:
+    with pytest.raises(ConfigError) as exc_info:
+        Config(**{name: value})  # type: ignore[arg-type]
+    assert exc_info.value.setting == name
+    assert str(exc_info.value).startswith(f"{name}: ")
+
+
+def test_error_message_says_what_is_allowed() -> None:
+    with pytest.raises(ConfigError, match=r"^port: must be an integer from 0 to 65535.*70000"):
+        Config(port=70000)
+    with pytest.raises(ConfigError, match=r"idle_timeout: .*> 0, or None.*got -1"):
+        Config(idle_timeout=-1)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"port": 0},
+        {"port": 65535},
+        {"transmission_limit": 0},
+        {"drain_timeout": 0},
+        {"idle_timeout": None, "ping_interval": None, "max_connection_age": 3600},
+        {"metrics_path": None},
+        {"max_header_size": 1024},
+        {"host": "::"},
+        {"allowed_origins": ("https://example.com", "http://localhost:3000")},
+    ],
+)
+def test_valid_edge_values_are_accepted(changes: dict[str, object]) -> None:
+    config = Config(**changes)  # type: ignore[arg-type]
+    for name, value in changes.items():
+        assert getattr(config, name) == value
+
+
+def test_values_are_normalised() -> None:
+    config = Config(
+        transmission_period=3, idle_timeout=1, allowed_origins=["HTTPS://Example.COM:8443"]
+    )
+    assert type(config.transmission_period) is float
+    assert type(config.idle_timeout) is float
+    assert config.allowed_origins == ("https://example.com:8443",)
+
+
+def test_replace_revalidates() -> None:
+    config = Config().replace(port=0, idle_timeout=None)
+    assert (config.port, config.idle_timeout) == (0, None)
+    with pytest.raises(ConfigError) as exc_info:
+        config.replace(port=-1)
+    assert exc_info.value.setting == "port"
+
+
+def test_replace_unknown_name_suggests_closest() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'port'"):
+        Config().replace(prot=1)
+
+
+# -- load_config ---------------------------------------------------------------------------
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "riverside.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_load_config_with_nothing_gives_defaults() -> None:
+    assert load_config(env={}) == Config()
+
+
+def test_precedence_defaults_toml_env_overrides(tmp_path: Path) -> None:
+    toml = write(
+        tmp_path,
+        'host = "0.0.0.0"\nport = 9000\nbacklog = 10\nidle_timeout = 5\n',
+    )
+    env = {"RIVERSIDE_PORT": "9001", "RIVERSIDE_BACKLOG": "20"}
+    config = load_config(toml_path=toml, env=env, overrides={"backlog": 30})
+    assert config.path == "/ws"  # default
+    assert config.host == "0.0.0.0"  # TOML
+    assert config.idle_timeout == 5.0  # TOML
+    assert config.port == 9001  # env over TOML
+    assert config.backlog == 30  # overrides over env
+
+
+def test_toml_riverside_table(tmp_path: Path) -> None:
+    toml = write(
+        tmp_path,
+        '[riverside]\nport = 9000\nallowed_origins = ["https://a.example"]\n'
+        'metrics_path = "off"\nmax_connection_age = 3600\n',
+    )
+    config = load_config(toml_path=toml, env={})
+    assert config.port == 9000
+    assert config.allowed_origins == ("https://a.example",)
+    assert config.metrics_path is None
+    assert config.max_connection_age == 3600.0
+
+
+def test_toml_key_in_both_places_is_an_error(tmp_path: Path) -> None:
+    toml = write(tmp_path, "port = 1\n[riverside]\nport = 2\n")
+    with pytest.raises(ConfigError) as exc_info:
+        load_config(toml_path=toml, env={})
+    assert exc_info.value.setting == "port"
+
+
+def test_toml_unknown_key_suggests_closest(tmp_path: Path) -> None:
+    toml = write(tmp_path, "idle_timout = 5\n")
+    with pytest.raises(ConfigError, match="did you mean 'idle_timeout'") as exc_info:
+        load_config(toml_path=toml, env={})
+    assert exc_info.value.setting == "idle_timout"
+
+
+def test_toml_bad_value_names_field_and_file(tmp_path: Path) -> None:
+    toml = write(tmp_path, 'port = "http"\n')
+    with pytest.raises(ConfigError) as exc_info:
+        load_config(toml_path=toml, env={})
+    assert exc_info.value.setting == "port"
+    assert str(exc_info.value).startswith(f"port (from {toml}): must be an integer")
+
+
+def test_missing_toml_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read") as exc_info:
+        load_config(toml_path=tmp_path / "nope.toml", env={})
+    assert exc_info.value.setting == "config"
+
+
+def test_malformed_toml_file(tmp_path: Path) -> None:
+    toml = write(tmp_path, "port = = 1\n")
+    with pytest.raises(ConfigError, match="not valid TOML") as exc_info:
+        load_config(toml_path=toml, env={})
+    assert exc_info.value.setting == "config"
+
+
+def test_toml_path_from_riverside_config_variable(tmp_path: Path) -> None:
+    toml = write(tmp_path, "port = 9100\n")
+    assert load_config(env={"RIVERSIDE_CONFIG": str(toml)}).port == 9100
+
+
+def test_env_unknown_variable_suggests_closest() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'RIVERSIDE_IDLE_TIMEOUT'") as exc_info:
+        load_config(env={"RIVERSIDE_IDLE_TIMOUT": "30"})
+    assert exc_info.value.setting == "RIVERSIDE_IDLE_TIMOUT"
+
+
+def test_env_ignores_other_variables() -> None:
+    env = {
+        "PORT": "1",
+        "riverside_port": "2",
+        "RIVERSIDE_NO_EXTENSIONS": "1",
+        "RIVERSIDE_BUILD_EXTENSIONS": "1",
+        "RIVERSIDE_REQUIRE_EXTENSIONS": "1",
+    }
+    assert load_config(env=env) == Config()
+
+
+def test_env_unparsable_value_names_field_and_variable() -> None:
+    with pytest.raises(ConfigError) as exc_info:
+        load_config(env={"RIVERSIDE_IDLE_TIMEOUT": "abc"})
+    assert exc_info.value.setting == "idle_timeout"
+    assert str(exc_info.value) == (
+        "idle_timeout (from RIVERSIDE_IDLE_TIMEOUT): "
+        "expected a number of seconds or 'off', got 'abc'"
+    )
+
+
+def test_env_out_of_range_value_names_variable() -> None:
+    with pytest.raises(ConfigError, match=r"^port \(from RIVERSIDE_PORT\): must be") as exc_info:
+        load_config(env={"RIVERSIDE_PORT": "70000"})
+    assert exc_info.value.setting == "port"
+
+
+@pytest.mark.parametrize("word", ["off", "none", "OFF", " None "])
+@pytest.mark.parametrize(
+    "name", ["idle_timeout", "max_connection_age", "ping_interval", "metrics_path"]
+)
+def test_env_off_and_none_turn_optional_settings_off(name: str, word: str) -> None:
+    config = load_config(env={f"RIVERSIDE_{name.upper()}": word})
+    assert getattr(config, name) is None
+
+
+def test_env_off_is_invalid_for_a_required_setting() -> None:
+    with pytest.raises(ConfigError, match=r"expected a number of seconds, got 'off'"):
+        load_config(env={"RIVERSIDE_PING_TIMEOUT": "off"})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1", True),
+        ("true", True),
+        ("Yes", True),
+        ("on", True),
+        ("0", False),
+        ("false", False),
+        ("NO", False),
+        ("off", False),
+    ],
+)
+def test_env_bool_parsing(text: str, expected: bool) -> None:
+    assert load_config(env={"RIVERSIDE_REUSE_PORT": text}).reuse_port is expected
+
+
+def test_env_bool_rejects_other_words() -> None:
+    with pytest.raises(ConfigError, match=r"reuse_port .*expected one of 1/0") as exc_info:
+        load_config(env={"RIVERSIDE_REUSE_PORT": "maybe"})
+    assert exc_info.value.setting == "reuse_port"
+
+
+def test_env_numbers_and_choices() -> None:
+    env = {
+        "RIVERSIDE_MAX_CONNECTIONS": "20_000",
+        "RIVERSIDE_TRANSMISSION_PERIOD": "0.5",
+        "RIVERSIDE_INVALID_MESSAGE": "close",
+        "RIVERSIDE_LOG_FORMAT": "JSON",
+    }
+    config = load_config(env=env)
+    assert config.max_connections == 20_000
+    assert config.transmission_period == 0.5
+    assert config.invalid_message == "close"
+    assert config.log_format == "json"
+
+
+def test_env_integer_rejects_a_fraction() -> None:
+    with pytest.raises(ConfigError, match=r"expected an integer, got '1.5'"):
+        load_config(env={"RIVERSIDE_BACKLOG": "1.5"})
+
+
+def test_env_allowed_origins_comma_separated() -> None:
+    env = {"RIVERSIDE_ALLOWED_ORIGINS": "https://a.example, http://localhost:3000,"}
+    config = load_config(env=env)
+    assert config.allowed_origins == ("https://a.example", "http://localhost:3000")
+    assert load_config(env={"RIVERSIDE_ALLOWED_ORIGINS": "off"}).allowed_origins is None
+
+
+def test_overrides_unknown_name_suggests_closest() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'backlog'"):
+        load_config(env={}, overrides={"backlogg": 1})
+
+
+def test_overrides_bad_value_names_field() -> None:
+    with pytest.raises(ConfigError) as exc_info:
+        load_config(env={}, overrides={"max_connections": 0})
+    assert exc_info.value.setting == "max_connections"
+
+
+def test_load_config_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RIVERSIDE_PORT", "9200")
+    assert load_config().port == 9200
