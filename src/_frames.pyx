@@ -253,6 +253,7 @@ cdef class TokenBucket:
         self.tokens = self._cap
         self._last = now
 
+    @cython.always_allow_keywords(False)  # METH_O: ``now`` is positional-only, as in the twin
     def take(self, double now):
         """Refill up to ``now``, then take one token.
 
@@ -336,6 +337,7 @@ cdef class Outbox:
         """Frames waiting for the writer task."""
         return len(self._frames)
 
+    @cython.always_allow_keywords(False)  # METH_O: ``frame`` is positional-only, as in the twin
     def push(self, frame):
         """Send or queue one encoded frame; never blocks.
 

@@ -433,7 +433,8 @@ def test_encode_close_output_parses_as_rfc6455(
         return
     [frame] = parse_frames(data)
     assert frame.opcode == Opcode.CLOSE
-    parsed_code, parsed_reason = frame.payload  # type: ignore[misc]
+    assert isinstance(frame.payload, tuple)
+    parsed_code, parsed_reason = frame.payload
     assert parsed_code == code
     assert reason.startswith(parsed_reason)
     assert len(parsed_reason.encode("utf-8")) <= 123

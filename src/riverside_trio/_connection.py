@@ -59,6 +59,7 @@ _BINARY = Opcode.BINARY
 _CLOSE = Opcode.CLOSE
 _PING = Opcode.PING
 _PONG = Opcode.PONG
+_SKIP = object()  # a message that was counted but goes no further
 
 
 class Connection:
@@ -346,83 +347,96 @@ class Connection:
     # ------------------------------------------------------------------ reading
 
     async def _read_loop(self) -> None:
+        """Read, parse and dispatch until the connection is over.
+
+        Awaits as little as it can: ``recv`` is tried first and the task parks on
+        ``wait_readable`` only when the previous read drained the socket (it returned less
+        than it asked for) or the kernel said EAGAIN; after ``READS_PER_CHECKPOINT`` reads
+        without a park it yields to the scheduler anyway.
+        """
         sock = self._sock
         recv = sock.recv
         proto = self._proto
+        received_frames = proto.received_frames
+        feed = proto.receive_bytes
+        core = self._core
+        metrics = core.metrics
+        max_size = core.config.max_message_size
+        handle_message = core.handler.handle_message
+        drained = False
         reads = 0
-        if proto._frame_decoder.buffer:  # bytes that came with the handshake
-            if await self._process():
-                return
         while True:
+            # Dispatch every complete frame wsproto has.
             try:
-                data = recv(RECV_SIZE)
-            except BlockingIOError:
-                reads = 0
-                await wait_readable(sock)
-                continue
-            except OSError:
-                self._lost()
+                for frame in received_frames():
+                    op = frame.opcode
+                    if op is _TEXT or op is _BINARY:
+                        if self._close_sent:
+                            continue  # closing: data is dropped until the client's close
+                        payload = frame.payload
+                        if op is _BINARY or payload.isascii():
+                            size = len(payload)
+                        else:
+                            size = len(payload.encode("utf-8", "surrogatepass"))
+                        if not frame.message_finished or self._parts:
+                            self._msg_bytes += size
+                            if self._msg_bytes > max_size:
+                                self._fail(1009, "message too big", "message_too_big")
+                                return
+                            self._parts.append(payload)
+                            if not frame.message_finished:
+                                continue
+                            payload = ("" if op is _TEXT else b"").join(self._parts)
+                            self._parts = []
+                            self._msg_bytes = 0
+                        elif size > max_size:
+                            self._fail(1009, "message too big", "message_too_big")
+                            return
+                        msg = self._accept_message(op is _TEXT, payload)
+                        if msg is not _SKIP:
+                            await self._callback(handle_message, msg, self)
+                    elif op is _PING:
+                        metrics.incoming_control["ping"] += 1
+                        if not self._close_sent:
+                            self._push_control(encode_frame(OP_PONG, frame.payload))
+                    elif op is _PONG:
+                        metrics.incoming_control["pong"] += 1
+                        self._ping_sent_at = None
+                    elif op is _CLOSE:
+                        metrics.incoming_control["close"] += 1
+                        code, reason = frame.payload
+                        self._on_close(int(code), reason)
+                        return
+            except ParseFailed as exc:
+                self._fail(int(exc.code), str(exc)[:120], "protocol_error")
                 return
+            # Read more.
+            while True:
+                if drained:
+                    reads = 0
+                    await wait_readable(sock)
+                elif reads >= READS_PER_CHECKPOINT:
+                    reads = 0
+                    await checkpoint()
+                try:
+                    data = recv(RECV_SIZE)
+                except BlockingIOError:
+                    drained = True
+                    continue
+                except OSError:
+                    self._lost()
+                    return
+                break
             if not data:
                 self._lost()
                 return
-            self._activity = True
-            proto.receive_bytes(data)
-            if await self._process():
-                return
+            drained = len(data) < RECV_SIZE
             reads += 1
-            if reads >= READS_PER_CHECKPOINT:
-                reads = 0
-                await checkpoint()
+            self._activity = True
+            feed(data)
 
-    async def _process(self) -> bool:
-        """Handle every complete frame wsproto has; True when reading is over."""
-        core = self._core
-        try:
-            for frame in self._proto.received_frames():
-                op = frame.opcode
-                if op is _TEXT or op is _BINARY:
-                    if self._close_sent:
-                        continue  # closing: data is dropped until the client's close
-                    payload = frame.payload
-                    size = len(payload) if op is _BINARY or payload.isascii() else len(
-                        payload.encode("utf-8", "surrogatepass")
-                    )
-                    if frame.message_finished and not self._parts:
-                        if size > core.config.max_message_size:
-                            self._fail(1009, "message too big", "message_too_big")
-                            return True
-                    else:
-                        self._msg_bytes += size
-                        if self._msg_bytes > core.config.max_message_size:
-                            self._fail(1009, "message too big", "message_too_big")
-                            return True
-                        self._parts.append(payload)
-                        if not frame.message_finished:
-                            continue
-                        payload = ("" if op is _TEXT else b"").join(self._parts)
-                        self._parts = []
-                        self._msg_bytes = 0
-                    if await self._on_message(op is _TEXT, payload):
-                        return True
-                elif op is _PING:
-                    core.metrics.incoming_control["ping"] += 1
-                    if not self._close_sent:
-                        self._push_control(encode_frame(OP_PONG, frame.payload))
-                elif op is _PONG:
-                    core.metrics.incoming_control["pong"] += 1
-                    self._ping_sent_at = None
-                elif op is _CLOSE:
-                    core.metrics.incoming_control["close"] += 1
-                    code, reason = frame.payload
-                    self._on_close(int(code), reason)
-                    return True
-        except ParseFailed as exc:
-            self._fail(int(exc.code), str(exc)[:120], "protocol_error")
-            return True
-        return False
-
-    async def _on_message(self, text: bool, payload: Any) -> bool:
+    def _accept_message(self, text: bool, payload: Any) -> Any:
+        """Count, rate-limit, type-check and decode one message; _SKIP if it goes no further."""
         core = self._core
         if text:
             core.metrics.incoming_text += 1
@@ -431,22 +445,21 @@ class Connection:
         bucket = self._bucket
         if bucket is not None and not bucket.take(trio.current_time()):
             self._initiate_close(1008, "too many messages", "too_many_messages")
-            return False
+            return _SKIP
         if not (core.accepts_text if text else core.accepts_binary):
-            return self._invalid("wrong_type", 1003, "unsupported frame type")
+            self._invalid("wrong_type", 1003, "unsupported frame type")
+            return _SKIP
         try:
-            msg = core.codec.decode(payload)
+            return core.codec.decode(payload)
         except Exception as exc:
             log.debug("undecodable_message", user_id=self.user_id, error=str(exc))
-            return self._invalid("undecodable", 1007, "message does not decode")
-        await self._callback(core.handler.handle_message, msg, self)
-        return False
+            self._invalid("undecodable", 1007, "message does not decode")
+            return _SKIP
 
-    def _invalid(self, kind: str, code: int, reason: str) -> bool:
+    def _invalid(self, kind: str, code: int, reason: str) -> None:
         self._core.metrics.invalid_messages[kind] += 1
         if self._core.config.invalid_message == "close":
             self._initiate_close(code, reason, "invalid_message")
-        return False
 
     def _on_close(self, code: int, reason: str) -> None:
         """The client's close frame: an answer to ours, or its own request to close."""

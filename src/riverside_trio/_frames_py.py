@@ -221,7 +221,7 @@ class TokenBucket:
         """Seconds to refill from empty to full."""
         return self._period
 
-    def take(self, now: float) -> bool:
+    def take(self, now: float, /) -> bool:
         """Refill up to ``now``, then take one token.
 
         Returns:
@@ -328,7 +328,7 @@ class Outbox:
         """Bytes waiting for the writer task."""
         return self._queued_bytes
 
-    def push(self, frame: bytes) -> int:
+    def push(self, frame: bytes, /) -> int:
         """Send or queue one encoded frame; never blocks.
 
         Returns:
