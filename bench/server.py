@@ -33,7 +33,9 @@ class BenchHandler(Handler):
 
 def main() -> None:
     argv = sys.argv[1:]
-    port = int(argv[argv.index("--port") + 1]) if "--port" in argv else int(os.environ["BENCH_PORT"])
+    port = (
+        int(argv[argv.index("--port") + 1]) if "--port" in argv else int(os.environ["BENCH_PORT"])
+    )
     config = Config(
         host="127.0.0.1",
         port=port,

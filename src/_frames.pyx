@@ -17,15 +17,21 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.list cimport PyList_Append
+from cpython.unicode cimport PyUnicode_DecodeUTF8, PyUnicode_DecodeUTF8Stateful
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport uint64_t
-from libc.string cimport memcpy
+from libc.stdlib cimport free, realloc
+from libc.string cimport memcpy, memmove
 
 import _socket
+
+from riverside_trio.errors import ProtocolError as _ProtocolError
 
 cdef extern from *:
     """
     #include <errno.h>
+    #include <stdint.h>
+    #include <string.h>
     #include <sys/types.h>
     #include <sys/socket.h>
     #ifndef MSG_NOSIGNAL
@@ -45,11 +51,37 @@ cdef extern from *:
     static inline int rt_socket_fd(PyObject *sock) {
         return ((rt_socket_head *)sock)->sock_fd;
     }
+
+    /* dst[i] = src[i] ^ key[(phase + i) % 4], eight bytes at a time; dst may be src. */
+    static inline void rt_unmask(unsigned char *dst, const unsigned char *src, Py_ssize_t n,
+                                 const unsigned char *key, unsigned int phase) {
+        unsigned char k[8];
+        uint64_t mask, word;
+        Py_ssize_t i = 0;
+        for (int j = 0; j < 8; j++) k[j] = key[(phase + j) & 3];
+        memcpy(&mask, k, 8);
+        for (; i + 8 <= n; i += 8) {
+            memcpy(&word, src + i, 8);
+            word ^= mask;
+            memcpy(dst + i, &word, 8);
+        }
+        for (; i < n; i++) dst[i] = src[i] ^ k[i & 7];
+    }
+
+    static inline uint64_t rt_load_be64(const unsigned char *p) {
+        uint64_t v = 0;
+        for (int j = 0; j < 8; j++) v = (v << 8) | p[j];
+        return v;
+    }
     """
     const int RT_SEND_FLAGS
     const int EWOULDBLOCK
+    const Py_ssize_t PY_SSIZE_T_MAX
     ssize_t send(int fd, const void *buf, size_t n, int flags)
     int rt_socket_fd(object sock)
+    void rt_unmask(unsigned char *dst, const unsigned char *src, Py_ssize_t n,
+                   const unsigned char *key, unsigned int phase) noexcept nogil
+    uint64_t rt_load_be64(const unsigned char *p) noexcept nogil
 
 
 OP_CONTINUATION = 0x0
@@ -74,6 +106,16 @@ cdef enum:
 
 
 # Frame encoding ---------------------------------------------------------------------------
+
+cdef inline bint _sendable_close_code(Py_ssize_t code) noexcept:
+    """Close codes a server may send: 1000-1003, 1007-1009, 1011-1013, 3000-4999."""
+    return (
+        1000 <= code <= 1003
+        or 1007 <= code <= 1009
+        or 1011 <= code <= 1013
+        or 3000 <= code <= 4999
+    )
+
 
 cdef inline int _check_opcode(object opcode) except -1:
     cdef Py_ssize_t op
@@ -166,8 +208,9 @@ def encode_close(code=None, reason=""):
     """Encode a whole close frame.
 
     Args:
-        code: A close code a server may send (1000-1003, 1007-1014, 3000-4999), or ``None``
-            for a close frame without a payload.
+        code: A close code a server may send (1000-1003, 1007-1009, 1011-1013, 3000-4999),
+            or ``None`` for a close frame without a payload. 1010 is for clients only (RFC 6455
+            7.4.1); 1014 makes wsproto-based clients fail the connection.
         reason: Text sent after the code, UTF-8 encoded; cut to 123 bytes at a character
             boundary.
 
@@ -194,7 +237,7 @@ def encode_close(code=None, reason=""):
         value = code  # TypeError when not an integer
     except OverflowError:
         value = -1
-    if not (1000 <= value <= 1003 or 1007 <= value <= 1014 or 3000 <= value <= 4999):
+    if not _sendable_close_code(value):
         raise ValueError(f"a server may not send close code {code!r}")
     encoded = (<str>reason).encode("utf-8")
     data = <const unsigned char *>PyBytes_AS_STRING(encoded)
@@ -457,3 +500,403 @@ def fan_out(outboxes, frame, full):
         for item in outboxes:
             accepted += _fan_one(item, <bytes>frame, <list>full)
     return accepted
+
+
+# Frame parsing ----------------------------------------------------------------------------
+#
+# FrameParser reads client-to-server frames (RFC 6455 section 5, server side, no extension)
+# and keeps, byte for byte, the decisions of wsproto's FrameProtocol(client=False), which the
+# tests use as the oracle. The rules, in the order they are checked:
+#
+# Header, checked as its bytes arrive (2 bytes, then the extended length, then the key):
+#   1. opcode not in {0, 1, 2, 8, 9, 10}                                   -> 1002
+#   2. control frame (8, 9, 10) without FIN                                -> 1002
+#   3. control frame with a 7-bit length over 125                          -> 1002
+#   4. 16-bit length under 126, 64-bit length under 65536 (not minimal)    -> 1002
+#   5. 64-bit length with the most significant bit set                     -> 1002
+#   6. RSV1, RSV2 or RSV3 set                                              -> 1002
+#   7. MASK bit clear                                                      -> 1002
+# Control frames wait for their whole payload, even between the fragments of a message:
+#   8. ping, pong: an event with the payload; close: an empty payload gives 1005 and "",
+#      a 1-byte payload -> 1002, a code outside 1000-1003, 1007-1013, 3000-4999 -> 1002
+#      (wsproto 1.3 refuses 1014 too), a reason that is not UTF-8 -> 1007. After a close
+#      event the parser is finished: it drops what it holds and ignores later data.
+# Data frames, once the header is complete:
+#   9. a continuation without a message in progress, or a text or binary frame inside one
+#      -> 1002, when its first payload byte arrives (as wsproto), or at once when empty or
+#      over the size limit;
+#  10. message bytes so far + declared length > max_message_size -> 1009 at once, before
+#      any payload (wsproto has no limit);
+#  11. text is strict UTF-8 -> 1007, checked as payload arrives: whatever has come in is
+#      decoded incrementally, so a bad byte fails on arrival, and a message ending inside a
+#      character fails at its end.
+# Payload bytes are unmasked with the frame's key from the frame's first payload byte on. A
+# whole single-frame message already in the buffer is unmasked straight into its event (the
+# fast path); otherwise payload is unmasked into the message assembly as it arrives, so the
+# parser never holds more than max_message_size bytes of message plus one unfinished frame
+# header or control frame. After an error every next_event() raises it again.
+
+EV_TEXT = 1
+EV_BINARY = 2
+EV_CLOSE = 8
+EV_PING = 9
+EV_PONG = 10
+
+cdef enum:
+    _EV_TEXT = 1
+    _EV_BINARY = 2
+    _EV_CLOSE = 8
+    _SHRINK = 1 << 16  # free an emptied buffer above this size
+    _MIN_ALLOC = 4096
+
+cdef object _NEXT = object()  # a frame header was consumed: parse on
+
+
+cdef inline bint _close_code_accepted(unsigned int code) noexcept:
+    """Close codes a client may send us, as wsproto 1.3 accepts them."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1013 or 3000 <= code <= 4999
+
+
+cdef inline Py_ssize_t _grown(Py_ssize_t cap, Py_ssize_t need) noexcept:
+    """A new capacity of at least ``need``: double, at least ``_MIN_ALLOC``."""
+    if cap < _MIN_ALLOC:
+        cap = _MIN_ALLOC
+    while cap < need and cap <= (<Py_ssize_t>1 << 61):
+        cap *= 2
+    return cap if cap >= need else need
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class FrameParser:
+    """An incremental parser of client-to-server frames: bytes in, whole messages out.
+
+    The rules are listed above this class. Feed it bytes as they arrive, in any chunks, then
+    call ``next_event`` until it returns ``None``.
+
+    Args:
+        max_message_size: The most payload bytes a text or binary message may have, over all
+            its fragments; a frame that would exceed it fails with 1009 from its header on.
+
+    Raises:
+        TypeError: ``max_message_size`` is not an integer.
+        ValueError: ``max_message_size`` is negative.
+    """
+
+    cdef unsigned char *_buf  # received bytes; [_start, _end) are not consumed yet
+    cdef Py_ssize_t _cap
+    cdef Py_ssize_t _start
+    cdef Py_ssize_t _end
+    cdef unsigned char *_msg  # unmasked payload of the message in progress
+    cdef Py_ssize_t _msg_cap
+    cdef Py_ssize_t _msg_len
+    cdef Py_ssize_t _valid  # _msg[:_valid] is known to be whole UTF-8 characters
+    cdef Py_ssize_t _max
+    cdef int _msg_op  # EV_TEXT or EV_BINARY while a message is in progress, else 0
+    cdef bint _in_frame  # inside the payload of a data frame
+    cdef bint _fin
+    cdef uint64_t _remaining  # payload bytes of that frame still to come
+    cdef unsigned char _key[4]
+    cdef unsigned int _phase  # payload bytes of that frame so far, modulo 4
+    cdef bint _closed
+    cdef object _error  # None, or (code, reason)
+
+    def __init__(self, max_message_size):
+        cdef Py_ssize_t size = max_message_size  # TypeError, OverflowError
+        if size < 0:
+            raise ValueError(f"max_message_size must not be negative, not {size}")
+        self._release()
+        self._max = size
+        self._closed = False
+        self._error = None
+
+    def __dealloc__(self):
+        free(self._buf)
+        free(self._msg)
+
+    @property
+    def buffered(self):
+        """Bytes held: received but not parsed yet, plus the message assembled so far."""
+        return self._end - self._start + self._msg_len
+
+    def feed(self, data):
+        """Append received bytes; ignored once the parser is finished or failed.
+
+        Raises:
+            TypeError: ``data`` is not a buffer (``str``).
+            BufferError: ``data`` is not C-contiguous.
+        """
+        cdef Py_buffer view
+        if type(data) is bytes:
+            if not self._closed and self._error is None:
+                self._append(<const unsigned char *>PyBytes_AS_STRING(data),
+                             PyBytes_GET_SIZE(data))
+            return
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)  # TypeError, BufferError
+        try:
+            if not self._closed and self._error is None:
+                self._append(<const unsigned char *>view.buf, view.len)
+        finally:
+            PyBuffer_Release(&view)
+
+    cdef int _append(self, const unsigned char *src, Py_ssize_t n) except -1:
+        cdef Py_ssize_t live = self._end - self._start
+        cdef Py_ssize_t cap
+        cdef unsigned char *grown
+        if n == 0:
+            return 0
+        if self._end > self._cap - n:
+            if self._start and self._start >= live:  # the copy costs no more than was parsed
+                memmove(self._buf, self._buf + self._start, <size_t>live)
+                self._start = 0
+                self._end = live
+            if self._end > self._cap - n:
+                if n > PY_SSIZE_T_MAX - self._end:
+                    raise MemoryError()
+                cap = _grown(self._cap, self._end + n)
+                grown = <unsigned char *>realloc(self._buf, <size_t>cap)
+                if grown is NULL:
+                    raise MemoryError()
+                self._buf = grown
+                self._cap = cap
+        memcpy(self._buf + self._end, src, <size_t>n)
+        self._end += n
+        return 0
+
+    def next_event(self):
+        """Parse the next complete event.
+
+        Returns:
+            ``(EV_TEXT, str)``, ``(EV_BINARY, bytes)``, ``(EV_PING, bytes)``,
+            ``(EV_PONG, bytes)``, ``(EV_CLOSE, code, reason)``, or ``None`` when more bytes
+            are needed or the parser is finished.
+
+        Raises:
+            ProtocolError: The client broke RFC 6455 (``code`` 1002 or 1007) or sent a message
+                over ``max_message_size`` (1009); raised again by every later call.
+        """
+        if self._error is not None:
+            raise _ProtocolError(*self._error)
+        if self._closed:
+            return None
+        while True:
+            if self._in_frame:
+                if not self._read_payload():
+                    self._pause()
+                    return None
+                if not self._fin:
+                    if self._msg_op == _EV_TEXT:
+                        self._validate()
+                    continue
+                return self._finish_message()
+            event = self._read_frame()
+            if event is None:
+                self._pause()
+                return None
+            if event is not _NEXT:
+                return event
+
+    cdef object _read_frame(self):
+        """Parse a frame header; return an event, ``_NEXT`` (in the payload now) or ``None``."""
+        cdef Py_ssize_t avail = self._end - self._start
+        cdef unsigned char *p = self._buf + self._start
+        cdef unsigned char first, second
+        cdef unsigned int opcode
+        cdef bint control, too_big
+        cdef uint64_t length
+        cdef Py_ssize_t head, n
+        cdef bytes data
+        if avail < 2:
+            return None
+        first = p[0]
+        second = p[1]
+        opcode = first & 0x0F
+        if not (opcode <= 0x2 or 0x8 <= opcode <= 0xA):
+            raise self._fail(1002, "invalid opcode")
+        control = opcode >= 0x8
+        if control and not first & 0x80:
+            raise self._fail(1002, "fragmented control frame")
+        length = second & 0x7F
+        if control and length > _MAX_CONTROL_PAYLOAD:
+            raise self._fail(1002, "control frame too long")
+        head = 2
+        if length == 126:
+            if avail < 4:
+                return None
+            length = (<uint64_t>p[2] << 8) | p[3]
+            if length < 126:
+                raise self._fail(1002, "payload length not minimally encoded")
+            head = 4
+        elif length == 127:
+            if avail < 10:
+                return None
+            length = rt_load_be64(p + 2)
+            if length < 0x10000:
+                raise self._fail(1002, "payload length not minimally encoded")
+            if length >> 63:
+                raise self._fail(1002, "payload length over 2**63")
+            head = 10
+        if first & 0x70:
+            raise self._fail(1002, "reserved bits set")
+        if not second & 0x80:
+            raise self._fail(1002, "unmasked frame")
+        head += 4
+        if avail < head:
+            return None
+        avail -= head  # payload bytes here
+        if control:
+            if <uint64_t>avail < length:
+                return None
+            n = <Py_ssize_t>length
+            data = PyBytes_FromStringAndSize(NULL, n)
+            rt_unmask(<unsigned char *>PyBytes_AS_STRING(data), p + head, n, p + head - 4, 0)
+            self._start += head + n
+            if opcode == _EV_CLOSE:
+                return self._close_event(data)
+            return (<int>opcode, data)
+        too_big = length > <uint64_t>(self._max - self._msg_len)
+        if (opcode == 0) != (self._msg_op != 0):
+            if length and not avail and not too_big:
+                return None  # wsproto decides on the first payload byte
+            if opcode:
+                raise self._fail(1002, "expected a continuation frame")
+            raise self._fail(1002, "continuation frame without a message")
+        if too_big:
+            raise self._fail(1009, "message too big")
+        if length and not avail:
+            return None
+        if first & 0x80 and not self._msg_op and <uint64_t>avail >= length:
+            # Fast path: a whole message, unmasked straight into its event.
+            n = <Py_ssize_t>length
+            self._start += head + n
+            p += head
+            if opcode == _EV_BINARY:
+                data = PyBytes_FromStringAndSize(NULL, n)
+                rt_unmask(<unsigned char *>PyBytes_AS_STRING(data), p, n, p - 4, 0)
+                return (_EV_BINARY, data)
+            rt_unmask(p, p, n, p - 4, 0)  # in place: these bytes are consumed
+            try:
+                return (_EV_TEXT, PyUnicode_DecodeUTF8(<char *>p, n, NULL))
+            except UnicodeDecodeError:
+                raise self._fail(1007, "invalid UTF-8 in text message") from None
+        self._start += head
+        memcpy(self._key, p + head - 4, 4)
+        self._in_frame = True
+        self._fin = (first & 0x80) != 0
+        self._remaining = length
+        self._phase = 0
+        if opcode:
+            self._msg_op = <int>opcode
+        return _NEXT
+
+    cdef int _read_payload(self) except -1:
+        """Unmask what has arrived of the frame into the message; 1 once it is whole."""
+        cdef Py_ssize_t n = self._end - self._start
+        cdef Py_ssize_t cap
+        cdef unsigned char *grown
+        if self._remaining:
+            if <uint64_t>n > self._remaining:
+                n = <Py_ssize_t>self._remaining
+            if n == 0:
+                return 0
+            if self._msg_len + n > self._msg_cap:  # never past _max: checked at the header
+                cap = _grown(self._msg_cap, self._msg_len + n)
+                if cap > self._max:
+                    cap = self._max
+                grown = <unsigned char *>realloc(self._msg, <size_t>cap)
+                if grown is NULL:
+                    raise MemoryError()
+                self._msg = grown
+                self._msg_cap = cap
+            rt_unmask(self._msg + self._msg_len, self._buf + self._start, n, self._key,
+                      self._phase)
+            self._msg_len += n
+            self._start += n
+            self._phase = (self._phase + <unsigned int>n) & 3
+            self._remaining -= <uint64_t>n
+            if self._remaining:
+                if self._msg_op == _EV_TEXT:
+                    self._validate()
+                return 0
+        self._in_frame = False
+        return 1
+
+    cdef int _validate(self) except -1:
+        """Decode the text received since the last check, keeping a split character for later."""
+        cdef Py_ssize_t consumed = 0
+        try:
+            PyUnicode_DecodeUTF8Stateful(
+                <char *>self._msg + self._valid, self._msg_len - self._valid, NULL, &consumed
+            )
+        except UnicodeDecodeError:
+            raise self._fail(1007, "invalid UTF-8 in text message") from None
+        self._valid += consumed
+        return 0
+
+    cdef object _finish_message(self):
+        cdef int opcode = self._msg_op
+        cdef Py_ssize_t n = self._msg_len
+        self._msg_op = 0
+        self._msg_len = 0
+        self._valid = 0
+        if opcode == _EV_BINARY:
+            result = (_EV_BINARY, PyBytes_FromStringAndSize(<char *>self._msg, n))
+        else:
+            try:
+                result = (_EV_TEXT, PyUnicode_DecodeUTF8(<char *>self._msg, n, NULL))
+            except UnicodeDecodeError:
+                raise self._fail(1007, "invalid UTF-8 in text message") from None
+        if self._msg_cap > _SHRINK:
+            free(self._msg)
+            self._msg = NULL
+            self._msg_cap = 0
+        return result
+
+    cdef object _close_event(self, bytes payload):
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
+        cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(payload)
+        cdef unsigned int code
+        if n == 0:
+            code = 1005
+            reason = ""
+        elif n == 1:
+            raise self._fail(1002, "close frame with a 1-byte payload")
+        else:
+            code = (<unsigned int>p[0] << 8) | p[1]
+            if not _close_code_accepted(code):
+                raise self._fail(1002, "invalid close code")
+            try:
+                reason = PyUnicode_DecodeUTF8(<char *>p + 2, n - 2, NULL)
+            except UnicodeDecodeError:
+                raise self._fail(1007, "invalid UTF-8 in close reason") from None
+        self._closed = True
+        self._release()
+        return (_EV_CLOSE, code, reason)
+
+    cdef void _pause(self) noexcept:
+        """Compact the buffer before waiting for more bytes; the copy is paid by parsed ones."""
+        cdef Py_ssize_t live = self._end - self._start
+        if live == 0:
+            self._start = self._end = 0
+            if self._cap > _SHRINK:
+                free(self._buf)
+                self._buf = NULL
+                self._cap = 0
+        elif self._start and self._start >= live:
+            memmove(self._buf, self._buf + self._start, <size_t>live)
+            self._start = 0
+            self._end = live
+
+    cdef void _release(self) noexcept:
+        free(self._buf)
+        free(self._msg)
+        self._buf = self._msg = NULL
+        self._cap = self._start = self._end = 0
+        self._msg_cap = self._msg_len = self._valid = 0
+        self._msg_op = 0
+        self._in_frame = False
+
+    cdef object _fail(self, int code, str reason):
+        self._error = (code, reason)
+        self._release()
+        return _ProtocolError(code, reason)

@@ -22,6 +22,8 @@ The rules of a connection, all in this file:
 
 from __future__ import annotations
 
+import contextlib
+import math
 import socket
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -80,9 +82,9 @@ class Connection:
         "_core",
         "_gate_busy",
         "_gate_lot",
-        "_infos",
-        "_info_task",
         "_inflight",
+        "_info_task",
+        "_infos",
         "_last_ping",
         "_last_rx",
         "_msg_bytes",
@@ -309,21 +311,22 @@ class Connection:
         finally:
             self._nursery = None
             core.registry.remove(self)
+            # Cancelled from outside (the server is being torn down): no waiting for the
+            # client, but terminate still runs.
+            cancelled = trio.current_effective_deadline() == -math.inf
             with trio.CancelScope(shield=True):
-                await self._finish()
+                await self._finish(0 if cancelled else core.config.close_timeout)
 
-    async def _finish(self) -> None:
-        """Flush what is queued (bounded by close_timeout), close TCP, run terminate."""
+    async def _finish(self, flush_timeout: float) -> None:
+        """Flush what is queued (bounded by flush_timeout), close TCP, run terminate."""
         core = self._core
         reason = self._reason or TerminateReason("remote", 1006, "")
         self._reason = reason
-        with trio.move_on_after(core.config.close_timeout):
+        with trio.move_on_after(flush_timeout):
             await self._flush()
         self._outbox.close()
-        try:
+        with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
         trio.lowlevel.notify_closing(self._sock)
         self._sock.close()
         core.metrics.disconnects[reason.kind] += 1

@@ -25,7 +25,7 @@ class Core:
     def __init__(self, handler: Handler, config: Config) -> None:
         self.handler = handler
         self.config = config
-        self.codec = check_codec(type(handler).codec if hasattr(type(handler), "codec") else None)
+        self.codec = check_codec(getattr(handler, "codec", None))
         self.accepts_text = "text" in self.codec.accepts
         self.accepts_binary = "binary" in self.codec.accepts
         self.registry = Registry()
@@ -44,7 +44,11 @@ class Core:
         """
         payload = self.codec.encode(obj)
         if isinstance(payload, str):
-            return encode_frame(OP_TEXT, payload.encode("utf-8", "surrogatepass")), True
+            try:
+                data = payload.encode("utf-8")
+            except UnicodeEncodeError as exc:  # lone surrogates are not UTF-8
+                raise CodecError(f"text is not valid UTF-8: {exc}") from None
+            return encode_frame(OP_TEXT, data), True
         if isinstance(payload, bytes | bytearray | memoryview):
             return encode_frame(OP_BINARY, payload), False
         raise CodecError(

@@ -5,7 +5,7 @@ Mirrors ``riverside_trio._frames_py``; see its docstrings.
 
 import socket
 from collections.abc import Callable, Iterable
-from typing import Final, final
+from typing import Any, Final, final
 
 OP_CONTINUATION: Final[int]
 OP_TEXT: Final[int]
@@ -18,6 +18,12 @@ PUSH_SENT: Final[int]
 PUSH_QUEUED: Final[int]
 PUSH_FULL: Final[int]
 PUSH_CLOSED: Final[int]
+
+EV_TEXT: Final[int]
+EV_BINARY: Final[int]
+EV_CLOSE: Final[int]
+EV_PING: Final[int]
+EV_PONG: Final[int]
 
 def encode_frame(
     opcode: int, payload: bytes | bytearray | memoryview, fin: bool = True
@@ -58,3 +64,11 @@ class Outbox:
     def close(self) -> None: ...
 
 def fan_out(outboxes: Iterable[Outbox], frame: bytes, full: list[Outbox]) -> int: ...
+
+@final
+class FrameParser:
+    def __init__(self, max_message_size: int) -> None: ...
+    @property
+    def buffered(self) -> int: ...
+    def feed(self, data: bytes | bytearray | memoryview) -> None: ...
+    def next_event(self) -> tuple[Any, ...] | None: ...

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import socket
 from http import HTTPStatus
@@ -107,10 +108,8 @@ def _response(
 async def _close_after_response(sock: socket.socket, data: bytes) -> None:
     """Send a whole response, then close without resetting what is still in flight."""
     if await send_all(sock, data):
-        try:
+        with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
         # Read (and drop) what the client still sends, briefly, so close() sends FIN, not RST.
         with trio.move_on_after(1.0):
             drained = 0
@@ -132,7 +131,9 @@ def _tokens(headers: Headers, name: str) -> list[str]:
     return [t.strip().lower() for v in headers.get_all(name) for t in v.split(",") if t.strip()]
 
 
-async def handle_request(core: Core, sock: socket.socket, peer: tuple[str, int]) -> Connection | None:
+async def handle_request(
+    core: Core, sock: socket.socket, peer: tuple[str, int]
+) -> Connection | None:
     """Read one request; answer it, or complete the upgrade and return the new Connection.
 
     The caller owns ``sock``: when this returns None the response (if any) was sent and
@@ -161,6 +162,12 @@ async def handle_request(core: Core, sock: socket.socket, peer: tuple[str, int])
         return None
     if request is None:
         return None  # the client went away before sending a request
+    # h11 only limits a head that is still incomplete; a whole one can arrive in one read.
+    head_size = len(request.method) + len(request.target) + 12
+    head_size += sum(len(k) + len(v) + 4 for k, v in request.headers)
+    if head_size > cfg.max_header_size:
+        await _close_after_response(sock, _response(431, "request header fields too large\n"))
+        return None
 
     method = request.method.decode("ascii", "replace")
     target = request.target.decode("ascii", "replace")
@@ -173,8 +180,12 @@ async def handle_request(core: Core, sock: socket.socket, peer: tuple[str, int])
     if "websocket" not in _tokens(headers, "upgrade"):
         if path == cfg.health_path and method in ("GET", "HEAD"):
             data = _response(200, "OK", head=head)
-        elif cfg.metrics_path is not None and path == cfg.metrics_path and method in ("GET", "HEAD"):
-            data = _response(200, core.metrics.render(), content_type=CONTENT_TYPE_LATEST, head=head)
+        elif (
+            cfg.metrics_path is not None and path == cfg.metrics_path and method in ("GET", "HEAD")
+        ):
+            data = _response(
+                200, core.metrics.render(), content_type=CONTENT_TYPE_LATEST, head=head
+            )
         elif ws_path and method == "GET":
             data = _response(
                 426,
@@ -217,7 +228,9 @@ async def handle_request(core: Core, sock: socket.socket, peer: tuple[str, int])
     if not valid_key:
         return await _reject(core, sock, 400, "Sec-WebSocket-Key must be 16 bytes in base64\n")
     origin = headers.get("origin")
-    if cfg.allowed_origins is not None and origin not in cfg.allowed_origins:
+    if cfg.allowed_origins is not None and (
+        origin is None or origin.lower() not in cfg.allowed_origins
+    ):
         return await _reject(core, sock, 403, "origin not allowed\n")
     if core.shutting_down:
         return await _reject(core, sock, 503, "server shutting down\n", [("Retry-After", "5")])

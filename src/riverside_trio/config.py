@@ -73,7 +73,8 @@ class Config:
     Attributes:
         host: Interface to listen on; "0.0.0.0" or "::" listens on all of them.
         port: TCP port, 0 to 65535; 0 picks any free port (the bound one is logged).
-        path: URL path of the WebSocket endpoint; starts with "/".
+        path: URL path of the WebSocket endpoint; starts with "/". A trailing "*" makes it
+            a prefix: "/rooms/*" upgrades every path under /rooms/, "/*" every path.
         reuse_port: Set SO_REUSEPORT so several processes can share the port.
         backlog: Length of the kernel's queue of not yet accepted connections, >= 1.
         max_connections: Most open WebSocket connections, >= 1; beyond it new upgrades

@@ -55,7 +55,9 @@ class AuthError(RiversideError):
         body: bytes | str = b"",
     ) -> None:
         if not isinstance(status, int) or not 400 <= status <= 599:
-            raise ValueError(f"AuthError status must be an HTTP error status 400-599, got {status!r}")
+            raise ValueError(
+                f"AuthError status must be an HTTP error status 400-599, got {status!r}"
+            )
         self.status = status
         self.headers = [(str(k), str(v)) for k, v in headers]
         self.body = body.encode() if isinstance(body, str) else bytes(body)

@@ -1,4 +1,4 @@
-"""Frame encoding, rate limiting and outboxes: the hot path, compiled when it can be.
+"""Frame encoding and parsing, rate limiting and outboxes: the hot path, compiled when it can be.
 
 Imports the compiled ``_frames_c`` (built from ``src/_frames.pyx``) and falls back to the
 pure-Python twin ``_frames_py`` when it is missing; both have the same names, results and
@@ -12,6 +12,11 @@ import os
 from typing import TYPE_CHECKING, Literal
 
 __all__ = [
+    "EV_BINARY",
+    "EV_CLOSE",
+    "EV_PING",
+    "EV_PONG",
+    "EV_TEXT",
     "IMPLEMENTATION",
     "OP_BINARY",
     "OP_CLOSE",
@@ -23,6 +28,7 @@ __all__ = [
     "PUSH_FULL",
     "PUSH_QUEUED",
     "PUSH_SENT",
+    "FrameParser",
     "Outbox",
     "TokenBucket",
     "encode_close",
@@ -36,6 +42,11 @@ _NO_EXTENSIONS = os.environ.get("RIVERSIDE_NO_EXTENSIONS", "") not in ("", "0")
 
 if TYPE_CHECKING or _NO_EXTENSIONS:
     from ._frames_py import (
+        EV_BINARY,
+        EV_CLOSE,
+        EV_PING,
+        EV_PONG,
+        EV_TEXT,
         OP_BINARY,
         OP_CLOSE,
         OP_CONTINUATION,
@@ -46,6 +57,7 @@ if TYPE_CHECKING or _NO_EXTENSIONS:
         PUSH_FULL,
         PUSH_QUEUED,
         PUSH_SENT,
+        FrameParser,
         Outbox,
         TokenBucket,
         encode_close,
@@ -57,6 +69,11 @@ if TYPE_CHECKING or _NO_EXTENSIONS:
 else:
     try:
         from ._frames_c import (
+            EV_BINARY,
+            EV_CLOSE,
+            EV_PING,
+            EV_PONG,
+            EV_TEXT,
             OP_BINARY,
             OP_CLOSE,
             OP_CONTINUATION,
@@ -67,6 +84,7 @@ else:
             PUSH_FULL,
             PUSH_QUEUED,
             PUSH_SENT,
+            FrameParser,
             Outbox,
             TokenBucket,
             encode_close,
@@ -77,6 +95,11 @@ else:
         IMPLEMENTATION = "c"
     except ImportError:  # not built: no C compiler, RIVERSIDE_BUILD_EXTENSIONS=0, ...
         from ._frames_py import (
+            EV_BINARY,
+            EV_CLOSE,
+            EV_PING,
+            EV_PONG,
+            EV_TEXT,
             OP_BINARY,
             OP_CLOSE,
             OP_CONTINUATION,
@@ -87,6 +110,7 @@ else:
             PUSH_FULL,
             PUSH_QUEUED,
             PUSH_SENT,
+            FrameParser,
             Outbox,
             TokenBucket,
             encode_close,

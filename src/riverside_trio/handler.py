@@ -32,10 +32,10 @@ if TYPE_CHECKING:
 __all__ = [
     "Accept",
     "AuthRequest",
-    "Handler",
-    "Headers",
     "HTTPRequest",
     "HTTPResponse",
+    "Handler",
+    "Headers",
     "TerminateReason",
 ]
 

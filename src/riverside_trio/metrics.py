@@ -92,7 +92,9 @@ class _Collector:
         outgoing.add_metric(["binary"], m.outgoing_binary)
         yield outgoing
         cumulative, buckets = 0, []
-        for bound, count in zip((*DURATION_BUCKETS, float("inf")), m._duration_counts):
+        for bound, count in zip(
+            (*DURATION_BUCKETS, float("inf")), m._duration_counts, strict=False
+        ):
             cumulative += count
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
         yield HistogramMetricFamily(

@@ -123,7 +123,9 @@ class Server:
 
     # ------------------------------------------------------------------ running
 
-    async def serve(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Serve until :meth:`shutdown` completes or the caller cancels.
 
         Follows the ``nursery.start`` protocol: reports this Server once it listens.
@@ -143,9 +145,7 @@ class Server:
                 for lsock in self._listeners:
                     nursery.start_soon(self._accept_loop, lsock, nursery)
                 nursery.start_soon(self._sweeper)
-                log.info(
-                    "listening", host=self.config.host, port=self.port, path=self.config.path
-                )
+                log.info("listening", host=self.config.host, port=self.port, path=self.config.path)
                 task_status.started(self)
                 await self._shutdown.wait()
                 await self._graceful_stop()
