@@ -4,6 +4,11 @@ Run ``python bench/micro_frames.py`` after building the extension
 (``python setup.py build_ext --inplace`` or ``pip install -e . --no-build-isolation``).
 Prints nanoseconds per operation for each implementation and the C/Python speed-up; the
 best of several repeats is kept. ``--quick`` makes it shorter and noisier.
+
+The frame parser is also compared with wsproto's ``FrameProtocol(client=False)``, which it
+replaces: each message is one masked client frame, fed on its own and drained (``feed`` then
+``next_event`` until ``None``; ``receive_bytes`` then ``received_frames``), as a connection
+does for each read.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from collections.abc import Callable
 from time import perf_counter_ns
 from types import ModuleType
 
+from wsproto.frame_protocol import FrameProtocol
+
 from riverside_trio import _frames_py
 
 try:
@@ -24,6 +31,7 @@ except ImportError:
     sys.exit("riverside_trio._frames_c is not built: python setup.py build_ext --inplace")
 
 Case = Callable[[ModuleType], float]  # returns ns per operation
+ParseCase = Callable[[ModuleType | None], float]  # None: wsproto
 
 
 def _best_per_op(timer: timeit.Timer, repeat: int, target_s: float) -> float:
@@ -101,6 +109,25 @@ def fan_out(
     return run
 
 
+def parse_message(payload: bytes | str, repeat: int, target_s: float) -> ParseCase:
+    """ns per message: one client frame fed, then every event taken."""
+    data = bytes(FrameProtocol(client=True, extensions=[]).send_data(payload))  # masked
+
+    def run(frames: ModuleType | None) -> float:
+        if frames is None:  # wsproto
+            protocol = FrameProtocol(client=False, extensions=[])
+            state = {"receive": protocol.receive_bytes, "frames": protocol.received_frames}
+            stmt = "receive(data)\nfor _ in frames(): pass"
+        else:
+            parser = frames.FrameParser(1 << 20)
+            state = {"feed": parser.feed, "next_event": parser.next_event}
+            stmt = "feed(data)\nwhile next_event() is not None: pass"
+        timer = timeit.Timer(stmt, globals={**state, "data": data})
+        return _best_per_op(timer, repeat, target_s)
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter repeats")
@@ -130,6 +157,19 @@ def main() -> None:
             c_ns = case(_frames_c)
             py_ns = case(_frames_py)
             out(f"{name:<34}{c_ns:>12.1f}{py_ns:>15.1f}{py_ns / c_ns:>10.1f}x\n")
+
+        parsing: list[tuple[str, ParseCase]] = [
+            ("parse 64 B binary", parse_message(bytes(64), repeat, target_s)),
+            ("parse 1 KiB binary", parse_message(bytes(1024), repeat, target_s)),
+            ("parse 64 B text", parse_message("x" * 64, repeat, target_s)),
+        ]
+        out(f"\n{'message':<34}{'C ns':>12}{'Python ns':>15}{'wsproto ns':>15}")
+        out(f"{'C vs wsproto':>15}\n")
+        for name, case in parsing:
+            c_ns = case(_frames_c)
+            py_ns = case(_frames_py)
+            ws_ns = case(None)
+            out(f"{name:<34}{c_ns:>12.1f}{py_ns:>15.1f}{ws_ns:>15.1f}{ws_ns / c_ns:>14.1f}x\n")
     finally:
         server.close()
         client.close()

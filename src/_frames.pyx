@@ -4,7 +4,7 @@
 
 Same names, same results, same exception types as ``riverside_trio/_frames_py.py``; the selector
 ``riverside_trio.frames`` picks one of the two. Any change here must be made there too, and
-``tests/test_frames.py`` compares them on random inputs.
+``tests/test_frames.py`` and ``tests/test_parser.py`` compare them on random inputs.
 
 Conversions are the ones of C arguments: integers through ``__index__`` into a ``Py_ssize_t``
 (``OverflowError`` when out of range), floats through ``PyFloat_AsDouble``. POSIX only: on a

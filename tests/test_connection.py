@@ -18,7 +18,7 @@ import pytest
 import trio
 import websockets.exceptions
 from trio_websocket import ConnectionClosed as WSClosed
-from trio_websocket import open_websocket_url
+from trio_websocket import WebSocketConnection, open_websocket_url
 from websockets.sync.client import connect as ws_connect
 
 from riverside_trio import (
@@ -50,8 +50,9 @@ class Scripted(Handler):
 
     codec = RawCodec()
 
-    def __init__(self, *, fail_init: bool = False) -> None:
+    def __init__(self, *, fail_init: bool = False, fail_terminate: bool = False) -> None:
         self.fail_init = fail_init
+        self.fail_terminate = fail_terminate
         self.messages: list[str | bytes] = []
         self.reasons: list[tuple[str, TerminateReason]] = []
         self.terminated = trio.Event()
@@ -97,9 +98,18 @@ class Scripted(Handler):
         else:
             conn.send(msg)
 
+    async def handle_info(self, info: Any, conn: Connection) -> None:
+        if info == "stop":
+            raise CloseConnection(4002, "info says stop")
+        if info == "boom":
+            raise RuntimeError("handle_info broke")
+        conn.send(f"info {info}")
+
     async def terminate(self, reason: TerminateReason, conn: Connection) -> None:
         self.reasons.append((conn.user_id, reason))
         self.terminated.set()
+        if self.fail_terminate:
+            raise RuntimeError("terminate broke")
 
     def reasons_of(self, user: str) -> list[TerminateReason]:
         return [r for u, r in self.reasons if u == user]
@@ -148,6 +158,21 @@ async def answer_close(client: RawClient) -> None:
         await client.read_frame()
 
 
+@asynccontextmanager
+async def ws_open(url: str, **kwargs: Any) -> AsyncIterator[WebSocketConnection]:
+    """trio-websocket's client, made to close its TCP stream when the server closed first.
+
+    trio-websocket 0.12 leaves the stream open (a ResourceWarning) when the server starts the
+    closing handshake: its ``aclose`` returns early once a close reason is set.
+    """
+    async with open_websocket_url(url, **kwargs) as ws:
+        try:
+            yield ws
+        finally:
+            if ws.closed is not None:
+                await ws._stream.aclose()
+
+
 def ws_url(server: Server, user: str) -> str:
     return f"{server.url}?user={user}"
 
@@ -159,7 +184,7 @@ async def test_text_and_binary_echo_over_trio_websocket() -> None:
     handler = Scripted()
     async with running(handler, **NO_TIMERS) as server:
         with trio.fail_after(5):
-            async with open_websocket_url(ws_url(server, "a")) as ws:
+            async with ws_open(ws_url(server, "a")) as ws:
                 await ws.send_message("héllo")
                 assert await ws.get_message() == "héllo"
                 await ws.send_message(b"\x00\xff")
@@ -277,7 +302,7 @@ async def test_one_mebibyte_messages_round_trip_over_trio_websocket() -> None:
     big_binary = secrets.token_bytes(1 << 20)
     async with running(Scripted(), max_message_size=4 << 20, **NO_TIMERS) as server:
         with trio.fail_after(10):
-            async with open_websocket_url(ws_url(server, "a"), max_message_size=8 << 20) as ws:
+            async with ws_open(ws_url(server, "a"), max_message_size=8 << 20) as ws:
                 await ws.send_message(big_text)
                 assert await ws.get_message() == big_text
                 await ws.send_message(big_binary)
@@ -309,7 +334,7 @@ async def test_handler_raising_close_connection_closes_with_its_code_and_reason_
     handler = Scripted()
     async with running(handler, **NO_TIMERS) as server:
         with trio.fail_after(5):
-            async with open_websocket_url(ws_url(server, "a")) as ws:
+            async with ws_open(ws_url(server, "a")) as ws:
                 await ws.send_message("stop")
                 with pytest.raises(WSClosed) as info:
                     await ws.get_message()
@@ -365,7 +390,7 @@ async def test_conn_close_sends_its_code_and_terminate_gets_closed() -> None:
     handler = Scripted()
     async with running(handler, **NO_TIMERS) as server:
         with trio.fail_after(5):
-            async with open_websocket_url(ws_url(server, "a")) as ws:
+            async with ws_open(ws_url(server, "a")) as ws:
                 await ws.send_message("close")
                 with pytest.raises(WSClosed) as info:
                     await ws.get_message()
@@ -499,7 +524,7 @@ async def test_idle_timeout_closes_1000_idle_timeout() -> None:
     handler = Scripted()
     async with running(handler, idle_timeout=0.3, ping_interval=None) as server:
         with trio.fail_after(5):
-            async with open_websocket_url(ws_url(server, "a")) as ws:
+            async with ws_open(ws_url(server, "a")) as ws:
                 with pytest.raises(WSClosed) as info:
                     await ws.get_message()
                 assert info.value.reason.code == 1000
@@ -512,7 +537,7 @@ async def test_a_client_that_keeps_sending_is_not_idle() -> None:
     handler = Scripted()
     async with running(handler, idle_timeout=0.5, ping_interval=None) as server:
         with trio.fail_after(10):
-            async with open_websocket_url(ws_url(server, "a")) as ws:
+            async with ws_open(ws_url(server, "a")) as ws:
                 # 20 round trips with short pauses span well over one idle_timeout
                 for i in range(20):
                     await ws.send_message(f"m{i}")
@@ -524,9 +549,10 @@ async def test_a_client_that_keeps_sending_is_not_idle() -> None:
 
 async def test_max_connection_age_closes_an_active_connection_1000_over_age() -> None:
     handler = Scripted()
-    async with running(handler, max_connection_age=0.3, **NO_TIMERS) as server:
+    settings = {"max_connection_age": 0.3, "transmission_limit": 0}
+    async with running(handler, **settings, **NO_TIMERS) as server:
         with trio.fail_after(5):
-            async with open_websocket_url(ws_url(server, "a")) as ws:
+            async with ws_open(ws_url(server, "a")) as ws:
                 with pytest.raises(WSClosed) as info:
                     while True:
                         await ws.send_message("busy")
@@ -562,7 +588,7 @@ async def test_keepalive_keeps_a_client_that_answers_pings_open() -> None:
     handler = Scripted()
     async with running(handler, ping_interval=0.2, ping_timeout=0.2, idle_timeout=None) as server:
         with trio.fail_after(5):
-            async with open_websocket_url(ws_url(server, "a")) as ws:
+            async with ws_open(ws_url(server, "a")) as ws:
                 # trio-websocket answers pings by itself; wait for several pongs
                 while server.metrics.incoming_control["pong"] < 4:
                     await trio.sleep(0.05)
@@ -578,7 +604,7 @@ async def test_server_shutdown_closes_every_connection_1001_shutdown() -> None:
     async with running(handler, **NO_TIMERS) as server:
         with trio.fail_after(5):
             async with (
-                open_websocket_url(ws_url(server, "a")) as ws,
+                ws_open(ws_url(server, "a")) as ws,
                 upgraded(server, "b") as raw,
             ):
                 await ws.send_message("sync")
@@ -627,7 +653,7 @@ async def test_slow_consumer_is_shed_and_other_clients_are_still_served() -> Non
     async with running(handler, **settings, **NO_TIMERS) as server:
         with trio.fail_after(10):
             async with (
-                open_websocket_url(ws_url(server, "fast")) as fast,
+                ws_open(ws_url(server, "fast")) as fast,
                 upgraded(server, "slow"),  # never reads
             ):
                 await fast.send_message("before")
@@ -804,8 +830,8 @@ async def test_handle_message_exception_closes_1011_and_other_connections_go_on(
     async with running(handler, **NO_TIMERS) as server:
         with trio.fail_after(5):
             async with (
-                open_websocket_url(ws_url(server, "ok")) as ok,
-                open_websocket_url(ws_url(server, "bad")) as bad,
+                ws_open(ws_url(server, "ok")) as ok,
+                ws_open(ws_url(server, "bad")) as bad,
             ):
                 await bad.send_message("boom")
                 with pytest.raises(WSClosed) as info:
@@ -828,6 +854,54 @@ async def test_init_exception_closes_1011_init_failed() -> None:
     assert code == 1011
     reason = handler.only_reason()
     assert (reason.kind, reason.code) == ("init_failed", 1011)
+
+
+async def test_handle_info_runs_for_posted_infos_and_can_close_the_connection() -> None:
+    handler = Scripted()
+    async with running(handler, **NO_TIMERS) as server, upgraded(server, "a") as client:
+        with trio.fail_after(5):
+            await client.send(text("sync"))
+            assert await client.read_frame() == (OP_TEXT, b"sync", True)
+            conn = handler.conns["a"]
+            conn.send_info(1)
+            conn.send_info(2)
+            assert await client.read_frame() == (OP_TEXT, b"info 1", True)
+            assert await client.read_frame() == (OP_TEXT, b"info 2", True)
+            conn.send_info("stop")
+            code, reason = await client.read_close()
+            await answer_close(client)
+            await handler.terminated.wait()
+    assert (code, reason) == (4002, "info says stop")
+    assert handler.only_reason() == TerminateReason("stop", 4002, "info says stop")
+
+
+async def test_handle_info_exception_closes_1011_internal_error() -> None:
+    handler = Scripted()
+    async with running(handler, **NO_TIMERS) as server, upgraded(server, "a") as client:
+        with trio.fail_after(5):
+            await client.send(text("sync"))
+            assert await client.read_frame() == (OP_TEXT, b"sync", True)
+            handler.conns["a"].send_info("boom")
+            code, _ = await client.read_close()
+            await answer_close(client)
+            await handler.terminated.wait()
+    assert code == 1011
+    reason = handler.only_reason()
+    assert (reason.kind, reason.code) == ("internal_error", 1011)
+
+
+async def test_terminate_exception_is_contained_and_the_server_keeps_serving() -> None:
+    handler = Scripted(fail_terminate=True)
+    async with running(handler, **NO_TIMERS) as server:
+        with trio.fail_after(5):
+            async with upgraded(server, "first") as client:
+                await client.send(close_frame(1000))
+                await expect_close_then_eof(client)
+            await handler.terminated.wait()
+            async with upgraded(server, "second") as client:
+                await client.send(text("still serving"))
+                assert await client.read_frame() == (OP_TEXT, b"still serving", True)
+    assert handler.reasons_of("first") == [TerminateReason("remote", 1000, "")]
 
 
 # ------------------------------------------------------------------ callbacks never overlap
@@ -886,8 +960,8 @@ async def test_callbacks_of_one_connection_never_overlap() -> None:
     async with running(handler, transmission_limit=0, **NO_TIMERS) as server:
         with trio.fail_after(10):
             async with (
-                open_websocket_url(ws_url(server, "a")) as a,
-                open_websocket_url(ws_url(server, "b")) as b,
+                ws_open(ws_url(server, "a")) as a,
+                ws_open(ws_url(server, "b")) as b,
             ):
                 await a.send_message("hello")
                 assert await a.get_message() == "hello"

@@ -133,13 +133,13 @@ def oracle(chunks: Iterable[bytes]) -> tuple[list[list[Event]], int | None]:
         per_chunk.append(events)
         try:
             for received in protocol.received_frames():
+                payload: Any = received.payload  # (code, reason), str or bytes
                 if received.opcode is Opcode.CLOSE:
-                    code, reason = received.payload  # type: ignore[misc]
-                    events.append((EV_CLOSE, int(code), reason))
+                    events.append((EV_CLOSE, int(payload[0]), payload[1]))
                 elif received.opcode in (Opcode.PING, Opcode.PONG):
-                    events.append((int(received.opcode), bytes(received.payload)))  # type: ignore[arg-type]
+                    events.append((int(received.opcode), bytes(payload)))
                 else:
-                    parts.append(received.payload)
+                    parts.append(payload)
                     if received.message_finished:
                         if received.opcode is Opcode.TEXT:
                             events.append((EV_TEXT, "".join(parts)))
@@ -377,15 +377,18 @@ def test_frames_followed_by_noise_parse_as_wsproto_parses_them(
     assert_same_as_wsproto(frames_impl, data.draw(chunkings(prefix + noise)))
 
 
-LENGTHS = [0, 1, 2, 125, 126, 127, 128, 65535, 65536, 2**62, 2**63 - 1, 2**63, 2**64 - 1]
+# Not 2**63 - 1: after a fragment, that would be over even a sys.maxsize limit (1009).
+LENGTHS = [0, 1, 2, 125, 126, 127, 128, 65535, 65536, 2**62, 2**63 - 2**32, 2**63, 2**64 - 1]
 
 
 @st.composite
 def single_frames(draw: st.DrawFn) -> bytes:
-    """Any first byte (FIN, RSV, opcode), either MASK bit, a length near an encoding boundary
+    """Any FIN, RSV and opcode, either MASK bit, a length near an encoding boundary
     in any encoding wide enough, some payload; after no message, or inside a text or a binary
     message."""
-    first = draw(st.integers(0, 255))
+    opcode = draw(st.one_of(st.sampled_from([0, 1, 2, 8, 9, 10]), st.integers(0, 15)))
+    rsv = draw(st.sampled_from([0, 0, 0, 0, 1, 2, 4, 7]))
+    first = (0x80 if draw(st.booleans()) else 0) | rsv << 4 | opcode
     declared = draw(st.one_of(st.integers(0, 140), st.sampled_from(LENGTHS)))
     widths = [None] + [w for w, top in ((16, 0xFFFF), (64, 2**64 - 1)) if declared <= top]
     payload = draw(st.binary(max_size=min(declared, 140)))
@@ -521,6 +524,20 @@ def test_size_limit_fails_on_a_header_alone_however_large_the_declared_length(
     for length in (101, 65536, 2**40, 2**63 - 1):
         error = error_of(frames_impl, header(EV_BINARY, length), max_size=100)
         assert (error.code, error.reason) == (1009, "message too big")
+
+
+def test_size_limit_of_sys_maxsize_allows_any_length_but_counts_fragments(
+    frames_impl: ModuleType,
+) -> None:
+    parser = frames_impl.FrameParser(sys.maxsize)
+    parser.feed(header(EV_BINARY, 2**63 - 1) + b"\x00")
+    assert parser.next_event() is None  # wsproto waits too
+    assert parser.buffered == 1
+    # The documented difference: wsproto has no limit at all.
+    data = frame(EV_BINARY, b"x", fin=False) + header(0, 2**63 - 1)
+    error = error_of(frames_impl, data, sys.maxsize)
+    assert error.code == 1009
+    assert oracle([data]) == ([[]], None)
 
 
 def test_size_limit_counts_every_fragment_of_the_message(frames_impl: ModuleType) -> None:

@@ -2,7 +2,7 @@
 
 Same names, same results, same exception types as ``src/_frames.pyx``; the selector
 ``riverside_trio.frames`` picks one of the two. Any change here must be made there too, and
-``tests/test_frames.py`` compares them on random inputs.
+``tests/test_frames.py`` and ``tests/test_parser.py`` compare them on random inputs.
 
 Conversions follow the compiled module: integer arguments go through ``__index__`` and must fit
 a ``Py_ssize_t`` (``OverflowError`` otherwise), float arguments accept what a C ``double``
@@ -487,7 +487,7 @@ EV_CLOSE: Final = 8
 EV_PING: Final = 9
 EV_PONG: Final = 10
 
-_NEXT: Final = object()  # a frame header was consumed: parse on
+_NEXT: Final[tuple[Any, ...]] = ()  # a frame header was consumed: parse on (events are never empty)
 _SHRINK: Final = 1 << 16  # drop an emptied assembly buffer above this size
 
 _utf8_decode: Final = codecs.utf_8_decode
@@ -578,7 +578,7 @@ class FrameParser:
             with memoryview(data) as view:  # TypeError for str and other non-buffers
                 if not view.c_contiguous:
                     raise BufferError("memoryview: underlying buffer is not C-contiguous")
-        if self._closed or self._error is not None or not data:
+        if self._closed or self._error is not None:
             return
         buf = self._buf
         pos = self._pos
@@ -606,7 +606,8 @@ class FrameParser:
         while True:
             if self._in_frame:
                 if not self._read_payload():
-                    return self._pause()
+                    self._pause()
+                    return None
                 if not self._fin:
                     if self._msg_op == EV_TEXT:
                         self._validate()
@@ -614,11 +615,12 @@ class FrameParser:
                 return self._finish_message()
             event = self._read_frame()
             if event is None:
-                return self._pause()
+                self._pause()
+                return None
             if event is not _NEXT:
-                return event  # type: ignore[no-any-return]
+                return event
 
-    def _read_frame(self) -> object:
+    def _read_frame(self) -> tuple[Any, ...] | None:
         """Parse a frame header; return an event, ``_NEXT`` (in the payload now) or ``None``."""
         buf = self._buf
         pos = self._pos
@@ -770,7 +772,6 @@ class FrameParser:
         if pos and pos >= len(buf) - pos:
             del buf[:pos]
             self._pos = 0
-        return None
 
     def _release(self) -> None:
         self._buf = bytearray()

@@ -36,7 +36,15 @@ from trio.lowlevel import wait_readable, wait_writable
 from ._connection import Connection
 from ._core import Core
 from .errors import AuthError
-from .handler import Accept, AuthRequest, Headers, HTTPRequest, HTTPResponse, new_session_id
+from .handler import (
+    Accept,
+    AuthRequest,
+    Handler,
+    Headers,
+    HTTPRequest,
+    HTTPResponse,
+    new_session_id,
+)
 
 __all__ = ["handle_request"]
 
@@ -90,17 +98,23 @@ def _response(
         phrase = HTTPStatus(status).phrase
     except ValueError:
         phrase = ""
+    extra = []
+    for name, value in headers:
+        if not name or any(c in name for c in "\r\n: ") or any(c in value for c in "\r\n"):
+            raise ValueError(f"invalid response header {name!r}: {value!r}")
+        lower = name.lower()
+        if lower == "content-type":
+            content_type = value  # the caller's replaces the default
+        elif lower not in ("content-length", "connection", "transfer-encoding"):
+            extra.append(f"{name}: {value}")  # framing headers are ours alone
     lines = [
         f"HTTP/1.1 {status} {phrase}",
         "Server: riverside-trio",
         f"Content-Type: {content_type}",
         f"Content-Length: {len(body)}",
         "Connection: close",
+        *extra,
     ]
-    for name, value in headers:
-        if not name or any(c in name for c in "\r\n: ") or any(c in value for c in "\r\n"):
-            raise ValueError(f"invalid response header {name!r}: {value!r}")
-        lines.append(f"{name}: {value}")
     out = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     return out if head else out + body
 
@@ -256,7 +270,10 @@ async def handle_request(
     core.handshakes += 1
     try:
         try:
-            accept = await core.handler.authenticate(auth_request)
+            accept = await _authenticate(core, sock, auth_request)
+        except _ClientGone:
+            log.debug("client_gone_during_authenticate", peer=peer)
+            return None
         except AuthError as exc:
             return await _reject(core, sock, exc.status, exc.body, exc.headers)
         except Exception:
@@ -294,6 +311,50 @@ async def handle_request(
         )
     finally:
         core.handshakes -= 1
+
+
+class _ClientGone(Exception):
+    pass
+
+
+async def _authenticate(core: Core, sock: socket.socket, req: AuthRequest) -> object:
+    """Run ``Handler.authenticate``, cancelling it if the client hangs up meanwhile.
+
+    Raises:
+        _ClientGone: the client closed its connection before authenticate returned.
+        Exception: whatever authenticate raised.
+    """
+    authenticate = core.handler.authenticate
+    if type(core.handler).authenticate is Handler.authenticate:
+        return await authenticate(req)  # the default never waits: nothing to watch
+    outcome: list[object] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_cancel_on_eof, sock, nursery.cancel_scope)
+        try:
+            outcome.append(await authenticate(req))
+        except Exception as exc:
+            outcome.append(exc)
+        nursery.cancel_scope.cancel()
+    if not outcome:
+        raise _ClientGone
+    if isinstance(outcome[0], Exception):
+        raise outcome[0]
+    return outcome[0]
+
+
+async def _cancel_on_eof(sock: socket.socket, scope: trio.CancelScope) -> None:
+    """Cancel ``scope`` when the client closes (EOF or reset); stop watching on data."""
+    while True:
+        await wait_readable(sock)
+        try:
+            peeked = sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            continue
+        except OSError:
+            peeked = b""
+        if not peeked:
+            scope.cancel()
+        return
 
 
 async def _reject(

@@ -18,7 +18,6 @@ handler needs no locks.
 from __future__ import annotations
 
 import base64
-import binascii
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -116,7 +115,7 @@ class AuthRequest:
             return None
         try:
             decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, UnicodeDecodeError, non-ASCII text
             return None
         user, sep, password = decoded.partition(":")
         return (user, password) if sep else None
