@@ -8,6 +8,7 @@ library (its sync client, in a worker thread) are two independent real clients.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import struct
 from collections.abc import AsyncIterator
@@ -33,7 +34,7 @@ from riverside_trio import (
     TerminateReason,
 )
 
-from ._helpers import RawClient, client_frame, running
+from ._helpers import RawClient, client_frame, running, upgrade_request
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
@@ -227,7 +228,7 @@ async def test_fragmented_text_is_reassembled_with_a_character_split_across_frag
     cuts = [0, 2, 5, 9, len(data)]
     frames = [
         client_frame(OP_TEXT if i == 0 else OP_CONT, data[a:b], fin=b == len(data))
-        for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False))
+        for i, (a, b) in enumerate(itertools.pairwise(cuts))
     ]
     async with running(handler, **NO_TIMERS) as server, upgraded(server) as client:
         with trio.fail_after(5):
@@ -281,8 +282,6 @@ async def test_frames_pipelined_in_one_write_are_all_handled_in_order() -> None:
 
 
 async def test_handshake_and_first_frames_in_one_write_are_all_handled() -> None:
-    from ._helpers import upgrade_request
-
     handler = Scripted()
     async with running(handler, **NO_TIMERS) as server:
         client = await RawClient.connect(server)

@@ -228,7 +228,7 @@ class Connection:
         """
         if not isinstance(channel, str) or not channel:
             raise TypeError(f"channel must be a non-empty str, got {channel!r}")
-        if self._outbox.closed or self not in self._core.registry.connections:
+        if self._close_sent or self._outbox.closed:
             raise ConnectionClosed(*self._closed_args())
         return self._core.registry.join(self, channel)
 
@@ -268,7 +268,7 @@ class Connection:
         if self._close_sent:
             return
         frame = encode_close(code, reason)  # ValueError for a code a server may not send
-        self._close_sent = True
+        self._mark_closing()
         if self._reason is None:
             self._reason = TerminateReason(kind, code, reason)
         self._close_deadline = trio.current_time() + self._core.config.close_timeout
@@ -277,6 +277,12 @@ class Connection:
             # Shed: whatever is queued goes first (a frame may be half sent), then the close.
             self._inflight = memoryview(self._pending() + frame)
             self._writer_lot.unpark()
+
+    def _mark_closing(self) -> None:
+        """No more data frames: leave every delivery group (the close frame is last)."""
+        if not self._close_sent:
+            self._close_sent = True
+            self._core.registry.unroute(self)
 
     def _pending(self) -> bytes:
         rest = bytes(self._inflight) if self._inflight is not None else b""
@@ -468,7 +474,7 @@ class Connection:
         """The client's close frame: an answer to ours, or its own request to close."""
         if not self._close_sent:
             self._reason = TerminateReason("remote", code, reason)
-            self._close_sent = True
+            self._mark_closing()
             # Echo the code (RFC 6455 5.5.1); 1005 "no status" gets an empty close frame.
             self._push_control(encode_close(None if code == 1005 else code))
         elif self._reason is None:
@@ -479,14 +485,14 @@ class Connection:
         if self._reason is None or not self._close_sent:
             self._reason = TerminateReason(kind, code, reason)
         if not self._close_sent:
-            self._close_sent = True
+            self._mark_closing()
             self._push_control(encode_close(code, reason))
 
     def _lost(self) -> None:
         """TCP ended without (the rest of) the closing handshake."""
         if self._reason is None:
             self._reason = TerminateReason("remote", 1006, "")
-        self._close_sent = True
+        self._mark_closing()
 
     def _push_control(self, frame: bytes) -> None:
         if self._outbox.push(frame) == PUSH_FULL:

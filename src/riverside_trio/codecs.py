@@ -12,6 +12,7 @@ instead (1003 for a wrong frame type, 1007 for a payload that does not decode).
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -68,8 +69,9 @@ class JSONCodec:
     accepts: frozenset[FrameType] = frozenset({"text"})
 
     def __init__(self) -> None:
-        self._encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-        self._decoder = json.JSONDecoder()
+        # Strict JSON (RFC 8259): NaN and Infinity are refused both ways.
+        self._encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        self._decoder = json.JSONDecoder(parse_constant=_refuse_constant)
 
     def decode(self, data: str | bytes) -> Any:
         if not isinstance(data, str):
@@ -84,6 +86,10 @@ class JSONCodec:
             return self._encoder.encode(obj)
         except (TypeError, ValueError) as exc:
             raise CodecError(f"cannot encode as JSON: {exc}") from exc
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 class RawTextCodec:
@@ -152,10 +158,14 @@ class CBORCodec:
     def decode(self, data: str | bytes) -> Any:
         if isinstance(data, str):
             raise CodecError("CBOR codec takes binary frames")
+        fp = io.BytesIO(data)
         try:
-            return cbor2.loads(data)
+            obj = cbor2.CBORDecoder(fp).decode()
         except Exception as exc:  # cbor2 raises several types for malformed input
             raise CodecError(f"invalid CBOR: {exc}") from None
+        if fp.tell() != len(data):
+            raise CodecError("invalid CBOR: bytes after the data item")
+        return obj
 
     def encode(self, obj: Any) -> bytes:
         try:

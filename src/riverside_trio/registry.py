@@ -41,8 +41,11 @@ class Registry:
 
     def remove(self, conn: Connection) -> None:
         """Forget a connection everywhere (idempotent)."""
-        if self.connections.pop(conn, _EMPTY) is _EMPTY:
-            return
+        if self.connections.pop(conn, _EMPTY) is not _EMPTY:
+            self.unroute(conn)
+
+    def unroute(self, conn: Connection) -> None:
+        """Take a closing connection out of every delivery group; it still counts as open."""
         _discard(self.users, conn.user_id, conn)
         _discard(self.sessions, (conn.user_id, conn.session_id), conn)
         for name in conn._channels:
