@@ -51,8 +51,15 @@ def upgrade_request(
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-def client_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True,
-                 rsv: int = 0, length: int | None = None) -> bytes:
+def client_frame(
+    opcode: int,
+    payload: bytes,
+    *,
+    fin: bool = True,
+    mask: bool = True,
+    rsv: int = 0,
+    length: int | None = None,
+) -> bytes:
     """A client frame, masked by default; ``length`` overrides the declared length."""
     n = len(payload) if length is None else length
     b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
@@ -132,8 +139,8 @@ class RawClient:
                 elif n == 127 and len(self.buf) >= 10:
                     n, pos = struct.unpack("!Q", self.buf[2:10])[0], 10
                 if (n < 126 or pos > 2) and len(self.buf) >= pos + n:
-                    payload = bytes(self.buf[pos:pos + n])
-                    del self.buf[:pos + n]
+                    payload = bytes(self.buf[pos : pos + n])
+                    del self.buf[: pos + n]
                     return b0 & 0x0F, payload, bool(b0 & 0x80)
             if not await self._fill():
                 raise EOFError("connection closed")

@@ -44,70 +44,69 @@ def url(server, user: str, session: str | None = None) -> str:
 
 
 async def test_deliver_user_reaches_every_device_of_that_user_only() -> None:
-    async with running(RoomHandler) as server:
-        async with (
-            open_websocket_url(url(server, "alice", "phone")) as phone,
-            open_websocket_url(url(server, "alice", "laptop")) as laptop,
-            open_websocket_url(url(server, "bob")) as bob,
-        ):
-            await bob.send_message(json.dumps({"op": "user", "user": "alice", "body": "hi"}))
-            assert await recv(phone) == "hi"
-            assert await recv(laptop) == "hi"
-            assert await recv(bob) == {"reached": 2}
-            await bob.send_message(json.dumps({"op": "user", "user": "nobody", "body": 1}))
-            assert await recv(bob) == {"reached": 0}
+    async with (
+        running(RoomHandler) as server,
+        open_websocket_url(url(server, "alice", "phone")) as phone,
+        open_websocket_url(url(server, "alice", "laptop")) as laptop,
+        open_websocket_url(url(server, "bob")) as bob,
+    ):
+        await bob.send_message(json.dumps({"op": "user", "user": "alice", "body": "hi"}))
+        assert await recv(phone) == "hi"
+        assert await recv(laptop) == "hi"
+        assert await recv(bob) == {"reached": 2}
+        await bob.send_message(json.dumps({"op": "user", "user": "nobody", "body": 1}))
+        assert await recv(bob) == {"reached": 0}
 
 
 async def test_deliver_session_reaches_one_session() -> None:
-    async with running(RoomHandler) as server:
-        async with (
-            open_websocket_url(url(server, "alice", "phone")) as phone,
-            open_websocket_url(url(server, "alice", "laptop")) as laptop,
-        ):
-            msg = {"op": "session", "user": "alice", "session": "laptop", "body": [1, 2]}
-            await phone.send_message(json.dumps(msg))
-            assert await recv(laptop) == [1, 2]
-            assert await recv(phone) == {"reached": 1}
+    async with (
+        running(RoomHandler) as server,
+        open_websocket_url(url(server, "alice", "phone")) as phone,
+        open_websocket_url(url(server, "alice", "laptop")) as laptop,
+    ):
+        msg = {"op": "session", "user": "alice", "session": "laptop", "body": [1, 2]}
+        await phone.send_message(json.dumps(msg))
+        assert await recv(laptop) == [1, 2]
+        assert await recv(phone) == {"reached": 1}
 
 
 async def test_channel_join_twice_delivers_once_and_leave_stops_delivery() -> None:
-    async with running(RoomHandler) as server:
-        async with (
-            open_websocket_url(url(server, "a")) as a,
-            open_websocket_url(url(server, "b")) as b,
-        ):
-            for ws in (a, b):
-                await ws.send_message(json.dumps({"op": "join", "channel": "room"}))
-                assert await recv(ws) == {"joined": True}
-            await a.send_message(json.dumps({"op": "join", "channel": "room"}))
-            assert await recv(a) == {"joined": False}
-            await a.send_message(json.dumps({"op": "channel", "channel": "room", "body": "x"}))
-            # the sender is a member too: exactly one copy each, then the count
-            assert await recv(a) == "x"
-            assert await recv(a) == {"reached": 2}
-            assert await recv(b) == "x"
-            await b.send_message(json.dumps({"op": "leave", "channel": "room"}))
-            assert await recv(b) == {"left": True}
-            await a.send_message(json.dumps({"op": "channel", "channel": "room", "body": "y"}))
-            assert await recv(a) == "y"
-            assert await recv(a) == {"reached": 1}
-            await b.send_message(json.dumps({"op": "me", "body": "only me"}))
-            assert await recv(b) == "only me"  # not "y": b left before it was sent
-            assert await recv(b) == {"reached": 1}
+    async with (
+        running(RoomHandler) as server,
+        open_websocket_url(url(server, "a")) as a,
+        open_websocket_url(url(server, "b")) as b,
+    ):
+        for ws in (a, b):
+            await ws.send_message(json.dumps({"op": "join", "channel": "room"}))
+            assert await recv(ws) == {"joined": True}
+        await a.send_message(json.dumps({"op": "join", "channel": "room"}))
+        assert await recv(a) == {"joined": False}
+        await a.send_message(json.dumps({"op": "channel", "channel": "room", "body": "x"}))
+        # the sender is a member too: exactly one copy each, then the count
+        assert await recv(a) == "x"
+        assert await recv(a) == {"reached": 2}
+        assert await recv(b) == "x"
+        await b.send_message(json.dumps({"op": "leave", "channel": "room"}))
+        assert await recv(b) == {"left": True}
+        await a.send_message(json.dumps({"op": "channel", "channel": "room", "body": "y"}))
+        assert await recv(a) == "y"
+        assert await recv(a) == {"reached": 1}
+        await b.send_message(json.dumps({"op": "me", "body": "only me"}))
+        assert await recv(b) == "only me"  # not "y": b left before it was sent
+        assert await recv(b) == {"reached": 1}
 
 
 async def test_disconnect_leaves_every_channel() -> None:
-    async with running(RoomHandler) as server:
-        async with open_websocket_url(url(server, "a")) as a:
-            async with open_websocket_url(url(server, "b")) as b:
-                await b.send_message(json.dumps({"op": "join", "channel": "room"}))
-                assert await recv(b) == {"joined": True}
-            # b is gone: wait until the server has noticed
-            with trio.fail_after(5):
-                while server.connection_count > 1:
-                    await trio.sleep(0.01)
-            await a.send_message(json.dumps({"op": "channel", "channel": "room", "body": "z"}))
-            assert await recv(a) == {"reached": 0}
-            assert server.deliver_channel("room", "q") == 0
-            assert server.deliver_user("a", "from outside") == 1
-            assert await recv(a) == "from outside"
+    async with running(RoomHandler) as server, open_websocket_url(url(server, "a")) as a:
+        async with open_websocket_url(url(server, "b")) as b:
+            await b.send_message(json.dumps({"op": "join", "channel": "room"}))
+            assert await recv(b) == {"joined": True}
+        # b is gone: wait until the server has noticed
+        with trio.fail_after(5):
+            while server.connection_count > 1:
+                await trio.sleep(0.01)
+        await a.send_message(json.dumps({"op": "channel", "channel": "room", "body": "z"}))
+        assert await recv(a) == {"reached": 0}
+        assert server.deliver_channel("room", "q") == 0
+        assert server.deliver_user("a", "from outside") == 1
+        assert await recv(a) == "from outside"

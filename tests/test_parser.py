@@ -28,7 +28,7 @@ from riverside_trio.errors import ProtocolError
 
 PROPERTY = settings(
     deadline=None,
-    max_examples=150,
+    max_examples=200,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 NO_LIMIT = sys.maxsize  # a max_message_size the generated streams never reach

@@ -31,14 +31,18 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 from trio.lowlevel import ParkingLot, checkpoint, wait_readable, wait_writable
-from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 
-from .errors import CloseConnection, ConnectionClosed
+from .errors import CloseConnection, ConnectionClosed, ProtocolError
 from .frames import (
+    EV_BINARY,
+    EV_PING,
+    EV_PONG,
+    EV_TEXT,
     OP_PING,
     OP_PONG,
     PUSH_FULL,
     PUSH_QUEUED,
+    FrameParser,
     Outbox,
     TokenBucket,
     encode_close,
@@ -56,11 +60,6 @@ log = structlog.get_logger("riverside_trio.connection")
 RECV_SIZE = 65536
 # Reads without a park before the reader yields to the scheduler anyway (fairness).
 READS_PER_CHECKPOINT = 16
-_TEXT = Opcode.TEXT
-_BINARY = Opcode.BINARY
-_CLOSE = Opcode.CLOSE
-_PING = Opcode.PING
-_PONG = Opcode.PONG
 _SKIP = object()  # a message that was counted but goes no further
 
 
@@ -87,13 +86,11 @@ class Connection:
         "_infos",
         "_last_ping",
         "_last_rx",
-        "_msg_bytes",
         "_nursery",
         "_opened_at",
         "_outbox",
-        "_parts",
+        "_parser",
         "_ping_sent_at",
-        "_proto",
         "_reason",
         "_scope",
         "_sock",
@@ -127,18 +124,16 @@ class Connection:
         self.subprotocol = subprotocol
         self._channels: set[str] = set()
         self._writer_lot = ParkingLot()
-        self._outbox = Outbox(sock, cfg.outbox_size, cfg.outbox_bytes, self._writer_lot.unpark)
-        self._proto = FrameProtocol(False, [])
+        self._outbox = Outbox(sock, cfg.outbox_size, cfg.outbox_bytes, self._wake_writer)
+        self._parser = FrameParser(cfg.max_message_size)
         if leftover:
-            self._proto.receive_bytes(leftover)
+            self._parser.feed(leftover)
         now = trio.current_time()
         self._bucket = (
             TokenBucket(cfg.transmission_limit, cfg.transmission_period, now)
             if cfg.transmission_limit
             else None
         )
-        self._parts: list[Any] = []
-        self._msg_bytes = 0
         self._activity = False
         self._opened_at = now
         self._last_rx = now
@@ -365,59 +360,38 @@ class Connection:
         """
         sock = self._sock
         recv = sock.recv
-        proto = self._proto
-        received_frames = proto.received_frames
-        feed = proto.receive_bytes
-        core = self._core
-        metrics = core.metrics
-        max_size = core.config.max_message_size
-        handle_message = core.handler.handle_message
+        parser = self._parser
+        next_event = parser.next_event
+        feed = parser.feed
+        metrics = self._core.metrics
+        handle_message = self._core.handler.handle_message
         drained = False
         reads = 0
         while True:
-            # Dispatch every complete frame wsproto has.
+            # Dispatch every complete event the parser has.
             try:
-                for frame in received_frames():
-                    op = frame.opcode
-                    if op is _TEXT or op is _BINARY:
+                while (event := next_event()) is not None:
+                    kind = event[0]
+                    if kind <= EV_BINARY:  # EV_TEXT, EV_BINARY
                         if self._close_sent:
                             continue  # closing: data is dropped until the client's close
-                        payload = frame.payload
-                        if op is _BINARY or payload.isascii():
-                            size = len(payload)
-                        else:
-                            size = len(payload.encode("utf-8", "surrogatepass"))
-                        if not frame.message_finished or self._parts:
-                            self._msg_bytes += size
-                            if self._msg_bytes > max_size:
-                                self._fail(1009, "message too big", "message_too_big")
-                                return
-                            self._parts.append(payload)
-                            if not frame.message_finished:
-                                continue
-                            payload = ("" if op is _TEXT else b"").join(self._parts)
-                            self._parts = []
-                            self._msg_bytes = 0
-                        elif size > max_size:
-                            self._fail(1009, "message too big", "message_too_big")
-                            return
-                        msg = self._accept_message(op is _TEXT, payload)
+                        msg = self._accept_message(kind == EV_TEXT, event[1])
                         if msg is not _SKIP:
                             await self._callback(handle_message, msg, self)
-                    elif op is _PING:
+                    elif kind == EV_PING:
                         metrics.incoming_control["ping"] += 1
                         if not self._close_sent:
-                            self._push_control(encode_frame(OP_PONG, frame.payload))
-                    elif op is _PONG:
+                            self._push_control(encode_frame(OP_PONG, event[1]))
+                    elif kind == EV_PONG:
                         metrics.incoming_control["pong"] += 1
                         self._ping_sent_at = None
-                    elif op is _CLOSE:
+                    else:
                         metrics.incoming_control["close"] += 1
-                        code, reason = frame.payload
-                        self._on_close(int(code), reason)
+                        self._on_close(event[1], event[2])
                         return
-            except ParseFailed as exc:
-                self._fail(int(exc.code), str(exc)[:120], "protocol_error")
+            except ProtocolError as exc:
+                kind_ = "message_too_big" if exc.code == 1009 else "protocol_error"
+                self._fail(exc.code, exc.reason, kind_)
                 return
             # Read more.
             while True:
@@ -475,8 +449,13 @@ class Connection:
         if not self._close_sent:
             self._reason = TerminateReason("remote", code, reason)
             self._mark_closing()
-            # Echo the code (RFC 6455 5.5.1); 1005 "no status" gets an empty close frame.
-            self._push_control(encode_close(None if code == 1005 else code))
+            # Echo the code (RFC 6455 5.5.1); 1005 "no status" gets an empty close frame, and
+            # a code only a client may send (1010) is answered with 1000.
+            try:
+                frame = encode_close(None if code == 1005 else code)
+            except ValueError:
+                frame = encode_close(1000)
+            self._push_control(frame)
         elif self._reason is None:
             self._reason = TerminateReason("remote", code, reason)
 
@@ -551,6 +530,9 @@ class Connection:
             self._info_task = False
 
     # ------------------------------------------------------------------ writing
+
+    def _wake_writer(self) -> None:
+        self._writer_lot.unpark()
 
     async def _write_loop(self) -> None:
         outbox = self._outbox

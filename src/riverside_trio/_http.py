@@ -210,8 +210,6 @@ async def handle_request(
             data = _response(405, "method not allowed\n", [("Allow", "GET")], head=head)
         else:
             data = await _user_route(core, conn, sock, method, path, query_string, headers, peer)
-            if data is None:
-                return None
         await _close_after_response(sock, data)
         return None
 
@@ -363,7 +361,8 @@ async def _reject(
     status: int,
     body: bytes | str,
     headers: list[tuple[str, str]] | tuple[tuple[str, str], ...] = (),
-) -> None:
+) -> Connection | None:
+    """Answer an upgrade with an HTTP error; returns None (so callers can return it)."""
     try:
         data = _response(status, body, headers)
     except (ValueError, UnicodeEncodeError) as exc:
@@ -383,7 +382,7 @@ async def _user_route(
     query_string: str,
     headers: Headers,
     peer: tuple[str, int],
-) -> bytes | None:
+) -> bytes:
     """Read the body (up to max_message_size) and ask ``Handler.handle_http``."""
     body = bytearray()
     with trio.move_on_after(core.config.handshake_timeout) as scope:

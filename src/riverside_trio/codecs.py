@@ -179,10 +179,11 @@ def check_codec(codec: object) -> Codec:
     for attr in ("frame_type", "accepts", "decode", "encode"):
         if not hasattr(codec, attr):
             raise TypeError(f"codec {codec!r} has no {attr!r}")
-    frame_type = codec.frame_type
+    c: Any = codec
+    frame_type = c.frame_type
     if frame_type not in ("text", "binary"):
         raise TypeError(f"codec.frame_type must be 'text' or 'binary', got {frame_type!r}")
-    accepts = frozenset(codec.accepts)
+    accepts = frozenset(c.accepts)
     if not accepts or not accepts <= {"text", "binary"}:
         raise TypeError(f"codec.accepts must name 'text' and/or 'binary', got {accepts!r}")
-    return codec  # type: ignore[return-value]
+    return c  # type: ignore[no-any-return]

@@ -139,7 +139,8 @@ class CloseConnection(RiversideError):
     """Raise from a handler callback to close this connection with ``code`` and ``reason``.
 
     Args:
-        code: A close code a server may send: 1000-1003, 1007-1014 or 3000-4999.
+        code: A close code a server may send: 1000-1003, 1007-1009, 1011-1013 or
+            3000-4999 (1010 is for clients only).
         reason: Up to 123 bytes of UTF-8 text.
     """
 
