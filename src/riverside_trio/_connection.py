@@ -4,7 +4,7 @@ The rules of a connection, all in this file:
 
 - One task per connection reads: it drains everything the socket has (a non-blocking
   ``recv`` first, parking on ``wait_readable`` only when the kernel says EAGAIN), feeds it
-  to wsproto, and runs ``init`` / ``handle_message`` / ``terminate``.
+  to the compiled frame parser, and runs ``init`` / ``handle_message`` / ``terminate``.
 - Outgoing frames go through the connection's :class:`~riverside_trio.frames.Outbox`:
   written to the socket at once when nothing is queued, else queued (bounded by
   ``outbox_size`` and ``outbox_bytes``) for the writer task, which joins everything
@@ -312,11 +312,12 @@ class Connection:
         finally:
             self._nursery = None
             core.registry.remove(self)
-            # Cancelled from outside (the server is being torn down): no waiting for the
-            # client, but terminate still runs.
-            cancelled = trio.current_effective_deadline() == -math.inf
+            # Cancelled from outside (the server is being torn down), cut off after the
+            # close timeout, or the socket broke: no more waiting for the client, but
+            # terminate still runs.
+            hurry = self._scope.cancel_called or trio.current_effective_deadline() == -math.inf
             with trio.CancelScope(shield=True):
-                await self._finish(0 if cancelled else core.config.close_timeout)
+                await self._finish(0 if hurry else core.config.close_timeout)
 
     async def _finish(self, flush_timeout: float) -> None:
         """Flush what is queued (bounded by flush_timeout), close TCP, run terminate."""
