@@ -73,6 +73,7 @@ class Connection:
 
     __slots__ = (
         "__weakref__",
+        "_aborted",
         "_activity",
         "_bucket",
         "_channels",
@@ -92,9 +93,8 @@ class Connection:
         "_parser",
         "_ping_sent_at",
         "_reason",
-        "_scope",
         "_sock",
-        "_writer_lot",
+        "_writer_running",
         "request",
         "session_id",
         "state",
@@ -122,8 +122,7 @@ class Connection:
         self.session_id = session_id
         self.state = state
         self.subprotocol = subprotocol
-        self._channels: set[str] = set()
-        self._writer_lot = ParkingLot()
+        self._channels: set[str] | None = None  # made on the first join
         self._outbox = Outbox(sock, cfg.outbox_size, cfg.outbox_bytes, self._wake_writer)
         self._parser = FrameParser(cfg.max_message_size)
         if leftover:
@@ -142,10 +141,11 @@ class Connection:
         self._close_sent = False
         self._close_deadline: float | None = None
         self._reason: TerminateReason | None = None
-        self._scope = trio.CancelScope()
+        self._aborted = False
+        self._writer_running = False
         self._gate_busy = False
-        self._gate_lot = ParkingLot()
-        self._infos: deque[Any] = deque()
+        self._gate_lot: ParkingLot | None = None  # made when two callbacks first contend
+        self._infos: deque[Any] | None = None  # made on the first send_info
         self._info_task = False
         self._inflight: memoryview | None = None
         self._nursery: trio.Nursery | None = None
@@ -173,7 +173,7 @@ class Connection:
     @property
     def channels(self) -> frozenset[str]:
         """The channels this connection is a member of."""
-        return frozenset(self._channels)
+        return frozenset(self._channels or ())
 
     def send(self, obj: Any) -> int:
         """Encode ``obj`` with the handler's codec and send it to this client.
@@ -239,6 +239,8 @@ class Connection:
         """
         if self._outbox.closed or self._nursery is None or self._reason is not None:
             return
+        if self._infos is None:
+            self._infos = deque()
         self._infos.append(info)
         if not self._info_task:
             self._info_task = True
@@ -267,11 +269,12 @@ class Connection:
         if self._reason is None:
             self._reason = TerminateReason(kind, code, reason)
         self._close_deadline = trio.current_time() + self._core.config.close_timeout
-        self._infos.clear()
+        if self._infos:
+            self._infos.clear()
         if self._outbox.push(frame) == PUSH_FULL:
             # Shed: whatever is queued goes first (a frame may be half sent), then the close.
             self._inflight = memoryview(self._pending() + frame)
-            self._writer_lot.unpark()
+            self._wake_writer()
 
     def _mark_closing(self) -> None:
         """No more data frames: leave every delivery group (the close frame is last)."""
@@ -291,8 +294,10 @@ class Connection:
             self._initiate_close(1008, "slow_consumer", "slow_consumer")
 
     def _abort(self) -> None:
-        """Stop now: the client did not finish the closing handshake in time."""
-        self._scope.cancel()
+        """Stop now: the client did not finish the closing handshake, or the socket broke."""
+        self._aborted = True
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
     # ------------------------------------------------------------------ the task
 
@@ -303,11 +308,10 @@ class Connection:
         core.metrics.sessions_total += 1
         try:
             async with trio.open_nursery() as nursery:
+                # Holds the writer and handle_info tasks, started only when needed.
                 self._nursery = nursery
-                nursery.start_soon(self._write_loop)
-                with self._scope:
-                    await self._callback(core.handler.init, self, failed="init_failed")
-                    await self._read_loop()
+                await self._callback(core.handler.init, self, failed="init_failed")
+                await self._read_loop()
                 nursery.cancel_scope.cancel()
         finally:
             self._nursery = None
@@ -315,7 +319,7 @@ class Connection:
             # Cancelled from outside (the server is being torn down), cut off after the
             # close timeout, or the socket broke: no more waiting for the client, but
             # terminate still runs.
-            hurry = self._scope.cancel_called or trio.current_effective_deadline() == -math.inf
+            hurry = self._aborted or trio.current_effective_deadline() == -math.inf
             with trio.CancelScope(shield=True):
                 await self._finish(0 if hurry else core.config.close_timeout)
 
@@ -366,7 +370,7 @@ class Connection:
         feed = parser.feed
         metrics = self._core.metrics
         handle_message = self._core.handler.handle_message
-        drained = False
+        drained = not parser.buffered  # nothing came with the handshake: wait for data
         reads = 0
         while True:
             # Dispatch every complete event the parser has.
@@ -477,7 +481,7 @@ class Connection:
     def _push_control(self, frame: bytes) -> None:
         if self._outbox.push(frame) == PUSH_FULL:
             self._inflight = memoryview(self._pending() + frame)
-            self._writer_lot.unpark()
+            self._wake_writer()
 
     # ------------------------------------------------------------------ callbacks
 
@@ -513,6 +517,8 @@ class Connection:
 
     async def _gate_enter(self) -> None:
         while self._gate_busy:
+            if self._gate_lot is None:
+                self._gate_lot = ParkingLot()
             await self._gate_lot.park()
         self._gate_busy = True
 
@@ -533,22 +539,24 @@ class Connection:
     # ------------------------------------------------------------------ writing
 
     def _wake_writer(self) -> None:
-        self._writer_lot.unpark()
+        """Something is queued: start the writer task unless it runs already."""
+        if not self._writer_running and self._nursery is not None:
+            self._writer_running = True
+            self._nursery.start_soon(self._write_loop)
 
     async def _write_loop(self) -> None:
+        """Drain the outbox, then end: an idle connection keeps no writer task."""
         outbox = self._outbox
-        lot = self._writer_lot
-        while True:
-            while not (outbox.queued_frames or self._inflight is not None):
+        try:
+            while outbox.queued_frames or self._inflight is not None or outbox.error:
+                await self._flush()
                 if outbox.closed:
-                    break
-                await lot.park()
-            await self._flush()
-            if outbox.closed:
-                break
-        # The socket broke under a write: stop reading too.
-        self._lost()
-        self._scope.cancel()
+                    # The socket broke under a write: stop reading too.
+                    self._lost()
+                    self._abort()
+                    return
+        finally:
+            self._writer_running = False
 
     async def _flush(self) -> None:
         """Send everything queued, in order; on a broken socket, close the outbox."""

@@ -42,30 +42,35 @@ __all__ = [
 class Headers(Mapping[str, str]):
     """Read-only, case-insensitive HTTP headers.
 
-    ``headers["x-token"]`` gives the last value of a repeated header, joined values are in
-    :meth:`get_all`, and ``raw`` keeps every ``(name, value)`` pair in order with the
-    names lower-cased.
+    ``headers["x-token"]`` gives the last value of a repeated header, every value is in
+    :meth:`get_all`, and ``raw`` keeps every ``(name, value)`` pair in order with the names
+    lower-cased. Lookups scan the few pairs a request has; no index is kept, so an idle
+    connection holding its request stays small.
     """
 
-    __slots__ = ("_map", "raw")
+    __slots__ = ("raw",)
 
     def __init__(self, raw: Sequence[tuple[str, str]]) -> None:
         self.raw: tuple[tuple[str, str], ...] = tuple((k.lower(), v) for k, v in raw)
-        self._map: dict[str, str] = {}
-        for k, v in self.raw:
-            self._map[k] = v
 
     def __getitem__(self, name: str) -> str:
-        return self._map[name.lower()]
+        name = name.lower()
+        for k, v in reversed(self.raw):
+            if k == name:
+                return v
+        raise KeyError(name)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._map
+        if not isinstance(name, str):
+            return False
+        name = name.lower()
+        return any(k == name for k, _ in self.raw)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._map)
+        return iter(dict.fromkeys(k for k, _ in self.raw))
 
     def __len__(self) -> int:
-        return len(self._map)
+        return len({k for k, _ in self.raw})
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``, in the order received."""

@@ -48,13 +48,16 @@ class Registry:
         """Take a closing connection out of every delivery group; it still counts as open."""
         _discard(self.users, conn.user_id, conn)
         _discard(self.sessions, (conn.user_id, conn.session_id), conn)
-        for name in conn._channels:
-            _discard(self.channels, name, conn)
-        conn._channels.clear()
+        if conn._channels:
+            for name in conn._channels:
+                _discard(self.channels, name, conn)
+            conn._channels.clear()
 
     def join(self, conn: Connection, channel: str) -> bool:
         """Add ``conn`` to ``channel``; False if it was a member already."""
-        if channel in conn._channels:
+        if conn._channels is None:
+            conn._channels = set()
+        elif channel in conn._channels:
             return False
         conn._channels.add(channel)
         self.channels.setdefault(channel, {})[conn._outbox] = conn
@@ -62,7 +65,7 @@ class Registry:
 
     def leave(self, conn: Connection, channel: str) -> bool:
         """Remove ``conn`` from ``channel``; False if it was not a member."""
-        if channel not in conn._channels:
+        if not conn._channels or channel not in conn._channels:
             return False
         conn._channels.discard(channel)
         _discard(self.channels, channel, conn)

@@ -238,7 +238,10 @@ class Server:
             await trio.sleep(tick)
             now = trio.current_time()
             for conn in list(registry.connections):
-                conn._check_timers(now)
+                try:
+                    conn._check_timers(now)
+                except Exception:  # a bug of ours must not stop every other timer
+                    log.exception("timer_check_failed", user_id=conn.user_id)
 
 
 def _open_listeners(config: Config) -> list[socket.socket]:
@@ -296,9 +299,26 @@ async def serve(
 def run(handler: Handler | type[Handler], config: Config | None = None) -> None:
     """Run a server in a new Trio run until SIGINT or SIGTERM, then shut down gracefully.
 
-    A second signal cancels whatever the graceful shutdown is still waiting for.
+    A second signal cancels whatever the graceful shutdown is still waiting for. The soft
+    limit on open files is raised to the hard limit first, so ``max_connections`` is not
+    capped by a low default.
     """
+    _raise_open_files_limit()
     trio.run(_run_main, handler, config)
+
+
+def _raise_open_files_limit() -> None:
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            log.debug("open_files_limit_unchanged", soft=soft, hard=hard)
 
 
 async def _run_main(handler: Handler | type[Handler], config: Config | None) -> None:
