@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
+from trio_websocket import WebSocketConnection, open_websocket_url
 
 import riverside_trio
 from riverside_trio import Config, Handler, Server
@@ -166,3 +167,18 @@ class RawClient:
 
 def raw_socket_connect(port: int) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port))
+
+
+@asynccontextmanager
+async def ws_open(url: str, **kwargs: Any) -> AsyncIterator[WebSocketConnection]:
+    """trio-websocket's client, made to close its TCP stream when the server closed first.
+
+    trio-websocket 0.12 leaves the stream open (a ResourceWarning) when the server starts the
+    closing handshake: its ``aclose`` returns early once a close reason is set.
+    """
+    async with open_websocket_url(url, **kwargs) as ws:
+        try:
+            yield ws
+        finally:
+            if ws.closed is not None:
+                await ws._stream.aclose()

@@ -19,7 +19,6 @@ from typing import Any
 import cbor2
 import pytest
 import trio
-from trio_websocket import WebSocketConnection, open_websocket_url
 
 from riverside_trio import (
     CBORCodec,
@@ -36,7 +35,7 @@ from riverside_trio import (
     TerminateReason,
 )
 
-from ._helpers import RawClient, client_frame, running
+from ._helpers import RawClient, client_frame, running, ws_open
 
 OP_TEXT, OP_BINARY, OP_CLOSE = 0x1, 0x2, 0x8
 NO_TIMERS: dict[str, Any] = {"idle_timeout": None, "ping_interval": None}
@@ -302,21 +301,6 @@ class Echo(Handler):
     async def terminate(self, reason: TerminateReason, conn: Connection) -> None:
         self.reasons.append(reason)
         self.terminated.set()
-
-
-@asynccontextmanager
-async def ws_open(url: str, **kwargs: Any) -> AsyncIterator[WebSocketConnection]:
-    """trio-websocket's client, made to close its TCP stream when the server closed first.
-
-    trio-websocket 0.12 leaves the stream open (a ResourceWarning) when the server starts the
-    closing handshake: its ``aclose`` returns early once a close reason is set.
-    """
-    async with open_websocket_url(url, **kwargs) as ws:
-        try:
-            yield ws
-        finally:
-            if ws.closed is not None:
-                await ws._stream.aclose()
 
 
 @asynccontextmanager

@@ -50,6 +50,7 @@ BAD_VALUES: dict[str, list[object]] = {
     "port": [-1, 65536, "8000", True, 80.0, None],
     "path": ["ws", "", "/a b", "/ws?x", None, b"/ws"],
     "reuse_port": [1, "yes", None],
+    "permessage_deflate": [1, "yes", None],
     "backlog": [0, -5, "1024", False],
     "max_connections": [0, 1.5, True],
     "max_message_size": [0, "1M", None],
@@ -67,6 +68,7 @@ BAD_VALUES: dict[str, list[object]] = {
     "drain_timeout": [-0.1, None, "10"],
     "terminate_timeout": [0, None],
     "invalid_message": ["drop", "CLOSE", None, 1],
+    "outbox_policy": ["drop", "CLOSE", None, "oldest"],
     "allowed_origins": [
         "https://example.com",  # a bare string, not a list of origins
         [],

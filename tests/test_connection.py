@@ -19,7 +19,6 @@ import pytest
 import trio
 import websockets.exceptions
 from trio_websocket import ConnectionClosed as WSClosed
-from trio_websocket import WebSocketConnection, open_websocket_url
 from websockets.sync.client import connect as ws_connect
 
 from riverside_trio import (
@@ -34,7 +33,7 @@ from riverside_trio import (
     TerminateReason,
 )
 
-from ._helpers import RawClient, client_frame, running, upgrade_request
+from ._helpers import RawClient, client_frame, running, upgrade_request, ws_open
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
@@ -157,21 +156,6 @@ async def answer_close(client: RawClient) -> None:
     await client.send(close_frame(1000))
     with pytest.raises(EOFError):
         await client.read_frame()
-
-
-@asynccontextmanager
-async def ws_open(url: str, **kwargs: Any) -> AsyncIterator[WebSocketConnection]:
-    """trio-websocket's client, made to close its TCP stream when the server closed first.
-
-    trio-websocket 0.12 leaves the stream open (a ResourceWarning) when the server starts the
-    closing handshake: its ``aclose`` returns early once a close reason is set.
-    """
-    async with open_websocket_url(url, **kwargs) as ws:
-        try:
-            yield ws
-        finally:
-            if ws.closed is not None:
-                await ws._stream.aclose()
 
 
 def ws_url(server: Server, user: str) -> str:

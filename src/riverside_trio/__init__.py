@@ -27,15 +27,24 @@ from .errors import CodecError as CodecError
 from .errors import ConfigError as ConfigError
 from .errors import ConnectionClosed as ConnectionClosed
 from .errors import DeliveryError as DeliveryError
+from .errors import NameInUseError as NameInUseError
 from .errors import ProtocolError as ProtocolError
 from .errors import RiversideError as RiversideError
 from .handler import Accept as Accept
 from .handler import AuthRequest as AuthRequest
+from .handler import Channel as Channel
+from .handler import ControlFrame as ControlFrame
+from .handler import Group as Group
 from .handler import Handler as Handler
 from .handler import Headers as Headers
 from .handler import HTTPRequest as HTTPRequest
 from .handler import HTTPResponse as HTTPResponse
+from .handler import Name as Name
+from .handler import Session as Session
+from .handler import TaskFailed as TaskFailed
+from .handler import TaskResult as TaskResult
 from .handler import TerminateReason as TerminateReason
+from .handler import User as User
 from .metrics import Metrics as Metrics
 
 # running a server

@@ -26,12 +26,15 @@ import contextlib
 import math
 import socket
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 import trio
 from trio.lowlevel import ParkingLot, checkpoint, wait_readable, wait_writable
 
+from . import frames as _frames
+from ._deflate import Inflater
 from .errors import CloseConnection, ConnectionClosed, ProtocolError
 from .frames import (
     EV_BINARY,
@@ -48,10 +51,14 @@ from .frames import (
     encode_close,
     encode_frame,
 )
-from .handler import AuthRequest, TerminateReason
+from .handler import AuthRequest, ControlFrame, TaskFailed, TaskResult, TerminateReason
+
+EV_TEXT_DEFLATED = getattr(_frames, "EV_TEXT_DEFLATED", 3)  # TEMP until the parser has them
+EV_BINARY_DEFLATED = getattr(_frames, "EV_BINARY_DEFLATED", 4)
 
 if TYPE_CHECKING:
     from ._core import Core
+    from .server import Server
 
 __all__ = ["Connection"]
 
@@ -80,13 +87,16 @@ class Connection:
         "_close_deadline",
         "_close_sent",
         "_core",
+        "_deflate",
         "_gate_busy",
         "_gate_lot",
+        "_groups",
         "_inflight",
         "_info_task",
         "_infos",
         "_last_ping",
         "_last_rx",
+        "_names",
         "_nursery",
         "_opened_at",
         "_outbox",
@@ -113,6 +123,7 @@ class Connection:
         state: Any,
         subprotocol: str | None,
         leftover: bytes,
+        deflate: Inflater | None = None,
     ) -> None:
         cfg = core.config
         self._core = core
@@ -123,8 +134,19 @@ class Connection:
         self.state = state
         self.subprotocol = subprotocol
         self._channels: set[str] | None = None  # made on the first join
-        self._outbox = Outbox(sock, cfg.outbox_size, cfg.outbox_bytes, self._wake_writer)
-        self._parser = FrameParser(cfg.max_message_size)
+        self._names: set[str] | None = None
+        self._groups: set[str] | None = None
+        if cfg.outbox_policy == "drop_oldest":
+            self._outbox = Outbox(
+                sock, cfg.outbox_size, cfg.outbox_bytes, self._wake_writer, drop_oldest=True
+            )
+        else:
+            self._outbox = Outbox(sock, cfg.outbox_size, cfg.outbox_bytes, self._wake_writer)
+        self._deflate = deflate
+        if deflate is None:
+            self._parser = FrameParser(cfg.max_message_size)
+        else:
+            self._parser = FrameParser(cfg.max_message_size, deflate=True)
         if leftover:
             self._parser.feed(leftover)
         now = trio.current_time()
@@ -187,7 +209,11 @@ class Connection:
         """
         if self._close_sent or self._outbox.closed:
             raise ConnectionClosed(*self._closed_args())
-        frame, text = self._core.encode(obj)
+        if self._deflate is None:
+            frame, text = self._core.encode(obj)
+        else:
+            data, text = self._core.payload(obj)
+            frame = self._core.compressed_frame(data, text)
         status = self._outbox.push(frame)
         if status <= PUSH_QUEUED:
             if text:
@@ -196,7 +222,7 @@ class Connection:
                 self._core.metrics.outgoing_binary += 1
             return 1
         if status == PUSH_FULL:
-            self._shed()
+            self._overflow()
         return 0
 
     deliver_me = send
@@ -231,20 +257,110 @@ class Connection:
         """Leave ``channel``; returns False if the connection was not a member."""
         return self._core.registry.leave(self, channel)
 
+    @property
+    def server(self) -> Server:
+        """The server this connection belongs to (delivery and infos to anyone)."""
+        assert self._core.server is not None
+        return self._core.server
+
+    @property
+    def names(self) -> frozenset[str]:
+        """The unique names this connection holds."""
+        return frozenset(self._names or ())
+
+    @property
+    def groups(self) -> frozenset[str]:
+        """The groups this connection is a member of."""
+        return frozenset(self._groups or ())
+
+    def register_name(self, name: str) -> None:
+        """Hold the unique ``name``: ``server.send_info(name, info)`` reaches this connection.
+
+        The name is freed when the connection closes. Registering a name this connection
+        holds already does nothing.
+
+        Raises:
+            NameInUseError: another connection holds ``name``.
+            ConnectionClosed: this connection is closing or closed.
+        """
+        self._check_member_name(name, "name")
+        self._core.registry.register_name(self, name)
+
+    def unregister_name(self, name: str) -> bool:
+        """Free ``name``; False if this connection did not hold it."""
+        return self._core.registry.unregister_name(self, name)
+
+    def join_group(self, group: str) -> bool:
+        """Join ``group``: ``server.publish(group, info)`` reaches this connection's
+        ``handle_info``. Returns False if it was a member already.
+
+        Raises:
+            ConnectionClosed: this connection is closing or closed.
+        """
+        self._check_member_name(group, "group")
+        return self._core.registry.join_group(self, group)
+
+    def leave_group(self, group: str) -> bool:
+        """Leave ``group``; False if this connection was not a member."""
+        return self._core.registry.leave_group(self, group)
+
+    def _check_member_name(self, value: object, what: str) -> None:
+        if not isinstance(value, str) or not value:
+            raise TypeError(f"{what} must be a non-empty str, got {value!r}")
+        if self._close_sent or self._outbox.closed:
+            raise ConnectionClosed(*self._closed_args())
+
     def send_info(self, info: Any) -> None:
         """Post ``info`` to this connection's ``Handler.handle_info``.
 
-        It runs after the callback in progress, never overlapping it. Posting to a closed
+        It runs after the callback in progress, never overlapping it. The mailbox holds up
+        to ``outbox_size`` infos; past that ``outbox_policy`` applies. Posting to a closed
         connection does nothing.
         """
-        if self._outbox.closed or self._nursery is None or self._reason is not None:
-            return
-        if self._infos is None:
-            self._infos = deque()
-        self._infos.append(info)
+        self._post_info(info)
+
+    def start_task(self, fn: Callable[..., Awaitable[Any]], *args: Any, name: str = "") -> None:
+        """Run ``await fn(*args)`` as a child task of this connection.
+
+        Its return value arrives in ``handle_info`` as :class:`TaskResult`, an exception as
+        :class:`TaskFailed` (logged too). The task is cancelled when the connection ends.
+
+        Raises:
+            ConnectionClosed: this connection is closing or closed.
+        """
+        if self._nursery is None or self._close_sent:
+            raise ConnectionClosed(*self._closed_args())
+        self._nursery.start_soon(self._child, fn, args, name or getattr(fn, "__name__", "task"))
+
+    async def _child(self, fn: Callable[..., Awaitable[Any]], args: Any, name: str) -> None:
+        try:
+            value = await fn(*args)
+        except Exception as exc:
+            log.exception("task_failed", task=name, user_id=self.user_id)
+            self._post_info(TaskFailed(name, exc))
+        else:
+            self._post_info(TaskResult(name, value))
+
+    def _post_info(self, info: Any) -> int:
+        """Queue ``info`` for handle_info; 1 if queued (or queued after dropping), else 0."""
+        if self._outbox.closed or self._nursery is None or self._close_sent:
+            return 0
+        infos = self._infos
+        if infos is None:
+            infos = self._infos = deque()
+        elif len(infos) >= self._core.config.outbox_size:
+            policy = self._core.config.outbox_policy
+            if policy == "drop_oldest":
+                infos.popleft()
+                self._dropped()
+            else:
+                self._overflow()
+                return 0
+        infos.append(info)
         if not self._info_task:
             self._info_task = True
             self._nursery.start_soon(self._run_infos)
+        return 1
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake with ``code`` and ``reason``; ``terminate`` follows.
@@ -287,10 +403,21 @@ class Connection:
         self._inflight = None
         return rest + self._outbox.take()
 
+    def _overflow(self) -> None:
+        """A message did not fit the outbox (or mailbox): shed, or count the drop."""
+        if self._core.close_on_overflow:
+            self._shed()
+        else:
+            self._dropped()
+
+    def _dropped(self) -> None:
+        self._core.metrics.dropped_messages += 1
+        self._core.warn("message_dropped", user_id=self.user_id, session_id=self.session_id)
+
     def _shed(self) -> None:
         """The outbox is full: close 1008 ``slow_consumer``."""
         if not self._close_sent:
-            log.warning("slow_consumer", user_id=self.user_id, session_id=self.session_id)
+            self._core.warn("slow_consumer", user_id=self.user_id, session_id=self.session_id)
             self._initiate_close(1008, "slow_consumer", "slow_consumer")
 
     def _abort(self) -> None:
@@ -306,6 +433,8 @@ class Connection:
         core = self._core
         core.registry.add(self)
         core.metrics.sessions_total += 1
+        if self._deflate is not None:
+            core.deflate_connections += 1
         try:
             async with trio.open_nursery() as nursery:
                 # Holds the writer and handle_info tasks, started only when needed.
@@ -316,6 +445,10 @@ class Connection:
         finally:
             self._nursery = None
             core.registry.remove(self)
+            if self._deflate is not None:
+                core.deflate_connections -= 1
+            if core.config.outbox_policy == "drop_oldest":  # keep the metric monotonic
+                core.metrics.dropped_messages += self._outbox.dropped_frames
             # Cancelled from outside (the server is being torn down), cut off after the
             # close timeout, or the socket broke: no more waiting for the client, but
             # terminate still runs.
@@ -383,13 +516,24 @@ class Connection:
                         msg = self._accept_message(kind == EV_TEXT, event[1])
                         if msg is not _SKIP:
                             await self._callback(handle_message, msg, self)
+                    elif kind <= EV_BINARY_DEFLATED:  # a compressed message
+                        if self._close_sent:
+                            continue
+                        text = kind == EV_TEXT_DEFLATED
+                        msg = self._accept_message(text, self._inflate(event[1], text))
+                        if msg is not _SKIP:
+                            await self._callback(handle_message, msg, self)
                     elif kind == EV_PING:
                         metrics.incoming_control["ping"] += 1
                         if not self._close_sent:
                             self._push_control(encode_frame(OP_PONG, event[1]))
+                        if self._core.wants_control:
+                            await self._control("ping", event[1])
                     elif kind == EV_PONG:
                         metrics.incoming_control["pong"] += 1
                         self._ping_sent_at = None
+                        if self._core.wants_control:
+                            await self._control("pong", event[1])
                     else:
                         metrics.incoming_control["close"] += 1
                         self._on_close(event[1], event[2])
@@ -422,6 +566,26 @@ class Connection:
             reads += 1
             self._activity = True
             feed(data)
+
+    async def _control(self, kind: Literal["ping", "pong"], payload: bytes) -> None:
+        if not self._close_sent:
+            frame = ControlFrame(kind, payload)
+            await self._callback(self._core.handler.handle_control, frame, self)
+
+    def _inflate(self, payload: bytes, text: bool) -> str | bytes:
+        """Decompress a permessage-deflate message (capped at max_message_size).
+
+        Raises:
+            ProtocolError: 1009 past the limit, 1007 for corrupt data or invalid UTF-8.
+        """
+        assert self._deflate is not None
+        data = self._deflate.inflate(payload)
+        if not text:
+            return data
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(1007, "invalid UTF-8 in a text message") from None
 
     def _accept_message(self, text: bool, payload: Any) -> Any:
         """Count, rate-limit, type-check and decode one message; _SKIP if it goes no further."""
@@ -500,7 +664,9 @@ class Connection:
                 log.error("bad_close_code", code=exc.code, user_id=self.user_id)
                 self._initiate_close(1011, "internal error", "internal_error")
             return False
-        except Exception:
+        except Exception as exc:
+            if isinstance(exc, ConnectionClosed) and self._close_sent:
+                return False  # this connection is closing: the handler's send ended quietly
             log.exception(
                 "handler_failed",
                 callback=getattr(fn, "__name__", repr(fn)),

@@ -35,6 +35,7 @@ from trio.lowlevel import wait_readable, wait_writable
 
 from ._connection import Connection
 from ._core import Core
+from ._deflate import Inflater, negotiate
 from .errors import AuthError
 from .handler import (
     Accept,
@@ -295,6 +296,13 @@ async def handle_request(
         ]
         if accept.subprotocol is not None:
             lines.append(b"Sec-WebSocket-Protocol: " + accept.subprotocol.encode("latin-1"))
+        inflater = None
+        if cfg.permessage_deflate:
+            agreed = negotiate(headers.get_all("sec-websocket-extensions"))
+            if agreed is not None:
+                answer, client_resets = agreed
+                lines.append(b"Sec-WebSocket-Extensions: " + answer.encode("ascii"))
+                inflater = Inflater(cfg.max_message_size, client_resets)
         if not await send_all(sock, b"\r\n".join(lines) + b"\r\n\r\n"):
             return None
         return Connection(
@@ -306,6 +314,7 @@ async def handle_request(
             state={} if accept.state is None else accept.state,
             subprotocol=accept.subprotocol,
             leftover=conn.trailing_data[0],
+            deflate=inflater,
         )
     finally:
         core.handshakes -= 1

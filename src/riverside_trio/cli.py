@@ -42,7 +42,7 @@ _GROUP_STARTS = {
     "host": "network",
     "max_connections": "limits",
     "handshake_timeout": "timeouts (seconds)",
-    "invalid_message": "behaviour",
+    "permessage_deflate": "behaviour",
     "log_format": "logging",
 }
 

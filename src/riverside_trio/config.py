@@ -87,6 +87,9 @@ class Config:
         outbox_size: Frames queued for one client before it is shed as a slow consumer
             (1008 slow_consumer), >= 1.
         outbox_bytes: Bytes queued for one client before it is shed as a slow consumer, >= 1.
+        outbox_policy: What a full outbox does: "close" the connection (1008 slow_consumer),
+            "drop_oldest" queued messages to make room for the new one, or "drop_newest"
+            (the new message is not queued). Every drop is counted in the metrics.
         max_header_size: Largest HTTP request head in bytes, >= 1024; a bigger one gets 431.
         handshake_timeout: Seconds a client has to send its HTTP request head, > 0.
         idle_timeout: Seconds without a message from the client before it is closed
@@ -99,6 +102,9 @@ class Config:
         drain_timeout: On shutdown, seconds to wait for clients to close after the 1001
             close frame before cancelling their tasks, >= 0.
         terminate_timeout: Seconds Handler.terminate may run before it is cancelled, > 0.
+        permessage_deflate: Negotiate permessage-deflate (RFC 7692) with clients that offer it.
+            Messages are compressed once per delivery (the server keeps no compression
+            context); a compressed message may not inflate past max_message_size (1009).
         invalid_message: What to do with a message the codec cannot decode: "ignore" it
             (counted in the metrics) or "close" the connection (1003 or 1007).
         allowed_origins: Origins allowed to open a WebSocket, each exactly
@@ -123,6 +129,7 @@ class Config:
     transmission_period: float = _setting(2.0, gt=0, unit="seconds")
     outbox_size: int = _setting(1000, min=1)
     outbox_bytes: int = _setting(16_777_216, min=1, unit="bytes")
+    outbox_policy: Literal["close", "drop_oldest", "drop_newest"] = "close"
     max_header_size: int = _setting(16_384, min=1024, unit="bytes")
 
     # timeouts (seconds; None = off where allowed)
@@ -136,6 +143,7 @@ class Config:
     terminate_timeout: float = _setting(5.0, gt=0, unit="seconds")
 
     # behaviour
+    permessage_deflate: bool = False
     invalid_message: Literal["ignore", "close"] = "ignore"
     allowed_origins: tuple[str, ...] | None = None
     health_path: str = _setting("/health", url_path=True)

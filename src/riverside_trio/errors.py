@@ -8,6 +8,7 @@ The hierarchy::
     ├── ConnectionClosed     use of a connection after it closed; code, reason
     ├── CodecError           a codec could not encode or decode a message
     ├── DeliveryError        a delivery could not be made
+    │   └── NameInUseError   a unique name is registered by another connection
     ├── BrokerError          the message broker failed
     ├── ConfigError          a setting has a wrong value (names the setting)
     └── CloseConnection      raised by handlers to close their connection on purpose
@@ -27,6 +28,7 @@ __all__ = [
     "ConfigError",
     "ConnectionClosed",
     "DeliveryError",
+    "NameInUseError",
     "ProtocolError",
     "RiversideError",
 ]
@@ -121,6 +123,14 @@ class CodecError(RiversideError):
 
 class DeliveryError(RiversideError):
     """A delivery could not be made."""
+
+
+class NameInUseError(DeliveryError):
+    """``register_name`` found the name held by another connection. ``name`` is it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"the name {name!r} is registered by another connection")
 
 
 class BrokerError(RiversideError):

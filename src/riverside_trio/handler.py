@@ -21,7 +21,7 @@ import base64
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from .codecs import Codec, JSONCodec
 
@@ -184,6 +184,77 @@ class TerminateReason:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlFrame:
+    """A ping or pong from the client, as :meth:`Handler.handle_control` sees it.
+
+    Attributes:
+        kind: ``"ping"`` (already answered with a pong carrying the same payload) or
+            ``"pong"``.
+        payload: the frame's payload, at most 125 bytes.
+    """
+
+    kind: Literal["ping", "pong"]
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """What a task started with :meth:`Connection.start_task` returned (to ``handle_info``)."""
+
+    name: str
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFailed:
+    """The exception a task started with :meth:`Connection.start_task` raised."""
+
+    name: str
+    error: BaseException
+
+
+# Destinations of Server.send_info: who gets an info in their handle_info.
+@dataclass(frozen=True, slots=True)
+class User:
+    """Every connection of a user."""
+
+    user_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """The connections of one session of a user."""
+
+    user_id: str
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """Every member of a channel."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Name:
+    """The connection registered under a unique name (:meth:`Connection.register_name`)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Every member of a group (:meth:`Connection.join_group`)."""
+
+    name: str
+
+
+Destination = User | Session | Channel | Name | Group | str
+"""Where an info goes; a plain ``str`` is a registered :class:`Name`."""
+
+
+@dataclass(frozen=True, slots=True)
 class HTTPRequest:
     """A plain HTTP request to a path the server does not handle itself."""
 
@@ -233,6 +304,10 @@ class Handler:
 
     async def handle_info(self, info: Any, conn: Connection) -> None:
         """Something posted to this connection with :meth:`Connection.send_info`."""
+
+    async def handle_control(self, frame: ControlFrame, conn: Connection) -> None:
+        """A ping or pong from the client, after the automatic pong. Called only when
+        overridden, so a handler that does not care pays nothing."""
 
     async def terminate(self, reason: TerminateReason, conn: Connection) -> None:
         """The connection ended; runs exactly once, shielded, within ``terminate_timeout``."""

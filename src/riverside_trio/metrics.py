@@ -10,6 +10,7 @@ Names follow Riverside's::
     riverside_rejected_connections_total{status}       counter (HTTP status of refused upgrades)
     riverside_disconnects_total{reason}                counter (TerminateReason.kind)
     riverside_invalid_messages_total{kind}             counter (wrong_type, undecodable)
+    riverside_dropped_messages_total                   counter (outbox_policy drop_*)
 """
 
 from __future__ import annotations
@@ -34,8 +35,12 @@ DURATION_BUCKETS = (0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 6 * 3600.0, 24 
 class Metrics:
     """The counters of one server. Read them directly in tests; scrape them at /metrics."""
 
-    def __init__(self, connected: Callable[[], int]) -> None:
+    def __init__(
+        self, connected: Callable[[], int], dropped_live: Callable[[], int] | None = None
+    ) -> None:
         self._connected = connected
+        self._dropped_live = dropped_live
+        self.dropped_messages = 0
         self.sessions_total = 0
         self.incoming_text = 0
         self.incoming_binary = 0
@@ -54,6 +59,12 @@ class Metrics:
     def connected(self) -> int:
         """Connections open now."""
         return self._connected()
+
+    @property
+    def dropped(self) -> int:
+        """Messages dropped by the outbox policy (drop_oldest or drop_newest), all time."""
+        live = self._dropped_live() if self._dropped_live is not None else 0
+        return self.dropped_messages + live
 
     def observe_duration(self, seconds: float) -> None:
         """Record how long a finished connection lasted."""
@@ -125,3 +136,8 @@ class _Collector:
         for kind in ("wrong_type", "undecodable"):
             invalid.add_metric([kind], m.invalid_messages[kind])
         yield invalid
+        yield CounterMetricFamily(
+            "riverside_dropped_messages",
+            "Messages dropped because a client's outbox or mailbox was full",
+            m.dropped,
+        )

@@ -1,4 +1,7 @@
-"""Who is connected: users, sessions and channels, each mapped to their connections.
+"""Who is connected: users, sessions, channels, unique names and groups.
+
+Users, sessions and channels receive messages (frames to the client); names and groups
+receive infos (to ``Handler.handle_info``).
 
 Every group is an insertion-ordered ``dict`` from a connection's outbox to the connection,
 so a delivery hands the outboxes straight to the compiled fan-out loop and maps the ones
@@ -9,6 +12,8 @@ membership; a connection leaves every group when it ends.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+from .errors import NameInUseError
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -22,13 +27,15 @@ _EMPTY: Group = {}
 class Registry:
     """The local registry of one server."""
 
-    __slots__ = ("channels", "connections", "sessions", "users")
+    __slots__ = ("channels", "connections", "groups", "names", "sessions", "users")
 
     def __init__(self) -> None:
         self.connections: dict[Connection, None] = {}
         self.users: dict[str, Group] = {}
         self.sessions: dict[tuple[str, str], Group] = {}
         self.channels: dict[str, Group] = {}
+        self.names: dict[str, Connection] = {}
+        self.groups: dict[str, dict[Connection, None]] = {}
 
     def __len__(self) -> int:
         return len(self.connections)
@@ -52,6 +59,19 @@ class Registry:
             for name in conn._channels:
                 _discard(self.channels, name, conn)
             conn._channels.clear()
+        if conn._names:
+            for name in conn._names:
+                if self.names.get(name) is conn:
+                    del self.names[name]
+            conn._names.clear()
+        if conn._groups:
+            for name in conn._groups:
+                members = self.groups.get(name)
+                if members is not None:
+                    members.pop(conn, None)
+                    if not members:
+                        del self.groups[name]
+            conn._groups.clear()
 
     def join(self, conn: Connection, channel: str) -> bool:
         """Add ``conn`` to ``channel``; False if it was a member already."""
@@ -69,6 +89,50 @@ class Registry:
             return False
         conn._channels.discard(channel)
         _discard(self.channels, channel, conn)
+        return True
+
+    def register_name(self, conn: Connection, name: str) -> None:
+        """Register ``conn`` under the unique ``name`` (again by the same holder: no-op).
+
+        Raises:
+            NameInUseError: another connection holds the name.
+        """
+        holder = self.names.get(name)
+        if holder is not None and holder is not conn:
+            raise NameInUseError(name)
+        self.names[name] = conn
+        if conn._names is None:
+            conn._names = set()
+        conn._names.add(name)
+
+    def unregister_name(self, conn: Connection, name: str) -> bool:
+        """Free ``name`` if ``conn`` holds it; False otherwise."""
+        if self.names.get(name) is not conn:
+            return False
+        del self.names[name]
+        if conn._names:
+            conn._names.discard(name)
+        return True
+
+    def join_group(self, conn: Connection, group: str) -> bool:
+        """Add ``conn`` to ``group``; False if it was a member already."""
+        if conn._groups is None:
+            conn._groups = set()
+        elif group in conn._groups:
+            return False
+        conn._groups.add(group)
+        self.groups.setdefault(group, {})[conn] = None
+        return True
+
+    def leave_group(self, conn: Connection, group: str) -> bool:
+        """Remove ``conn`` from ``group``; False if it was not a member."""
+        if not conn._groups or group not in conn._groups:
+            return False
+        conn._groups.discard(group)
+        members = self.groups[group]
+        del members[conn]
+        if not members:
+            del self.groups[group]
         return True
 
     def user(self, user_id: str) -> Group:

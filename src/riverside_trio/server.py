@@ -27,7 +27,7 @@ from ._connection import Connection
 from ._core import Core
 from ._http import handle_request
 from .config import Config
-from .handler import Handler
+from .handler import Destination, Group, Handler
 from .metrics import Metrics
 
 __all__ = ["Server", "run", "serve"]
@@ -57,6 +57,7 @@ class Server:
         self.handler = handler
         self.config = config if config is not None else Config()
         self._core = Core(handler, self.config)
+        self._core.server = self
         self._listeners: list[socket.socket] = []
         self._shutdown = trio.Event()
         self._drained = trio.lowlevel.ParkingLot()
@@ -107,6 +108,31 @@ class Server:
     def deliver_channel(self, channel: str, obj: Any) -> int:
         """Send ``obj`` to every member of ``channel``; returns how many it reached."""
         return self._core.deliver(self._core.registry.channel(channel), obj)
+
+    def send_info(self, destination: Destination, info: Any) -> int:
+        """Post ``info`` to ``Handler.handle_info`` of every connection at ``destination``.
+
+        ``destination`` is a registered name (``str`` or :class:`Name`), a :class:`User`,
+        :class:`Session`, :class:`Channel` or :class:`Group`. Returns how many connections
+        it reached. Never blocks; each mailbox is bounded (``outbox_size``).
+        """
+        return self._core.send_info(destination, info)
+
+    def publish(self, group: str, info: Any) -> int:
+        """Post ``info`` to ``handle_info`` of every member of ``group``; how many it reached."""
+        return self._core.send_info(Group(group), info)
+
+    def disconnect(
+        self, user_id: str, session_id: str | None = None, code: int = 1000, reason: str = ""
+    ) -> int:
+        """Close every connection of ``user_id`` (or of one session) with ``code``.
+
+        ``terminate`` sees kind ``closed``. Returns how many connections it closed.
+
+        Raises:
+            ValueError: ``code`` is not a close code a server may send.
+        """
+        return self._core.disconnect(user_id, session_id, code, reason)
 
     def shutdown(self) -> None:
         """Begin a graceful shutdown and return at once.
