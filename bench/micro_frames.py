@@ -79,6 +79,23 @@ def outbox_push(sock: socket.socket, repeat: int, target_s: float) -> Case:
     return run
 
 
+def outbox_push_dropping(sock: socket.socket, queued: int, repeat: int, target_s: float) -> Case:
+    """``push`` into a full ``drop_oldest`` outbox of ``queued`` frames: each drops the oldest."""
+
+    def run(frames: ModuleType) -> float:
+        outbox = frames.Outbox(sock, queued, 10**15, lambda: None, drop_oldest=True)
+        outbox.writing = True  # nothing is sent: every push goes through the limits
+        frame = b"x" * 64
+        for _ in range(queued):
+            outbox.push(frame)
+        timer = timeit.Timer("push(frame)", globals={"push": outbox.push, "frame": frame})
+        ns = _best_per_op(timer, repeat, target_s)
+        assert outbox.queued_frames == queued and outbox.dropped_frames > 0
+        return ns
+
+    return run
+
+
 def fan_out(
     sock: socket.socket, count: int, repeat: int, rounds: int, *, as_dict: bool = False
 ) -> Case:
@@ -144,6 +161,14 @@ def main() -> None:
             ("TokenBucket.take (same time)", token_bucket_take(repeat, target_s, advancing=False)),
             ("TokenBucket.take (refilling)", token_bucket_take(repeat, target_s, advancing=True)),
             ("Outbox.push (queued)", outbox_push(server, repeat, target_s)),
+            (
+                "Outbox.push (drop oldest, 1,000)",
+                outbox_push_dropping(server, 1_000, repeat, target_s),
+            ),
+            (
+                "Outbox.push (drop oldest, 100,000)",
+                outbox_push_dropping(server, 100_000, repeat, target_s),
+            ),
             ("fan_out 1,000 (per outbox)", fan_out(server, 1_000, repeat, rounds)),
             ("fan_out 10,000 (per outbox)", fan_out(server, 10_000, repeat, rounds)),
             (

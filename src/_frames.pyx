@@ -334,12 +334,22 @@ cdef class Outbox:
     the socket without blocking; what the kernel does not take is queued, and ``wake`` is
     called so the writer task comes to send it. Frame order is always preserved.
 
+    When a push finds the queue full, the outbox answers ``PUSH_FULL`` and changes nothing,
+    unless ``drop_oldest`` is set: then it drops queued frames from the oldest end until the
+    new frame fits (by count and by bytes), appends it and answers ``PUSH_QUEUED``. It never
+    drops the remainder of a partly sent frame, the head of the queue after a direct send the
+    kernel took only part of, as its peer would see a torn frame; frames behind it may go. If
+    the new frame does not fit even once every droppable frame is gone, it answers
+    ``PUSH_FULL`` and drops nothing. ``dropped_frames`` counts the frames dropped.
+
     Args:
         sock: The connection's socket, non-blocking (``gettimeout() == 0.0``). The outbox
             only sends on it; closing it stays the owner's job.
         max_frames: The most frames queued at once (a partly sent frame is always queued).
         max_bytes: The most bytes queued at once (same exception).
         wake: Called with no arguments when the writer task has work to do.
+        drop_oldest: Make room in a full queue by dropping its oldest frames, rather than
+            refusing the new one.
 
     Raises:
         TypeError: ``wake`` is not callable.
@@ -351,16 +361,23 @@ cdef class Outbox:
     cdef Py_ssize_t _max_frames
     cdef Py_ssize_t _max_bytes
     cdef object _wake
+    # The queue is _frames[_head:]. Dropping frames blanks their slots (b"") and moves _head
+    # on rather than shifting the list; the dead slots are cut off in bulk (amortized O(1)).
+    # _head is 0 whenever the queue is empty, so len(_frames) == 0 still means empty.
     cdef list _frames
+    cdef Py_ssize_t _head
+    cdef bint _partial_head  # _frames[_head] is the rest of a partly sent frame: keep it
     cdef public bint writing
     cdef readonly bint closed
     cdef readonly int error
     cdef readonly Py_ssize_t queued_bytes
+    cdef readonly bint drop_oldest
+    cdef readonly Py_ssize_t dropped_frames
 
     def __cinit__(self):
         self._frames = []
 
-    def __init__(self, sock, max_frames, max_bytes, wake):
+    def __init__(self, sock, max_frames, max_bytes, wake, *, bint drop_oldest=False):
         cdef Py_ssize_t frames_limit = max_frames
         cdef Py_ssize_t bytes_limit = max_bytes
         if frames_limit < 0 or bytes_limit < 0:
@@ -374,20 +391,22 @@ cdef class Outbox:
         self._max_frames = frames_limit
         self._max_bytes = bytes_limit
         self._wake = wake
+        self.drop_oldest = drop_oldest
 
     @property
     def queued_frames(self):
         """Frames waiting for the writer task."""
-        return len(self._frames)
+        return len(self._frames) - self._head
 
     @cython.always_allow_keywords(False)  # METH_O: ``frame`` is positional-only, as in the twin
     def push(self, frame):
         """Send or queue one encoded frame; never blocks.
 
         Returns:
-            ``PUSH_SENT`` (all written now), ``PUSH_QUEUED`` (the writer task will send it),
-            ``PUSH_FULL`` (over a limit; nothing changed) or ``PUSH_CLOSED`` (closed, or the
-            direct send failed: see ``error``).
+            ``PUSH_SENT`` (all written now), ``PUSH_QUEUED`` (the writer task will send it,
+            maybe after dropping older frames: see ``drop_oldest``), ``PUSH_FULL`` (over a
+            limit; nothing changed) or ``PUSH_CLOSED`` (closed, or the direct send failed:
+            see ``error``).
 
         Raises:
             TypeError: ``frame`` is not ``bytes``.
@@ -397,7 +416,7 @@ cdef class Outbox:
         return self._push(<bytes>frame)
 
     cdef int _push(self, bytes frame) except -1:
-        cdef Py_ssize_t n, sent
+        cdef Py_ssize_t n, sent, live
         cdef int fd, err
         cdef list frames = self._frames
         cdef Py_ssize_t count = len(frames)
@@ -428,25 +447,71 @@ cdef class Outbox:
             rest = frame[sent:] if sent else frame
             frames.append(rest)
             self.queued_bytes = n - sent
+            self._partial_head = sent != 0  # nothing sent: a whole frame, droppable
             self._wake()
             return _QUEUED
         n = PyBytes_GET_SIZE(frame)
         if count >= self._max_frames or self.queued_bytes + n > self._max_bytes:
-            return _FULL
+            if not self.drop_oldest:  # then there are no dropped slots: full
+                return _FULL
+            # count includes dropped slots: recount, off the common path.
+            live = count - self._head
+            if live >= self._max_frames or self.queued_bytes + n > self._max_bytes:
+                return self._push_dropping(frame, live, n)
         frames.append(frame)
         self.queued_bytes += n
         if count == 0 and not self.writing:
             self._wake()
         return _QUEUED
 
+    cdef int _push_dropping(self, bytes frame, Py_ssize_t count, Py_ssize_t n) except -1:
+        """The queue (``count`` frames) is full: drop its oldest frames to make room for
+        ``frame`` (``n`` bytes), or answer ``_FULL`` and change nothing if that cannot do."""
+        cdef list frames = self._frames
+        cdef Py_ssize_t head = self._head
+        cdef Py_ssize_t kept = 1 if self._partial_head else 0  # frames that must stay
+        cdef Py_ssize_t left = PyBytes_GET_SIZE(frames[head]) if kept else 0
+        cdef Py_ssize_t i, new_head
+        # Check first: the most room dropping can make.
+        if kept >= self._max_frames or left + n > self._max_bytes:
+            return _FULL
+        left = self.queued_bytes
+        i = head + kept  # the oldest droppable frame
+        while count >= self._max_frames or left + n > self._max_bytes:
+            left -= PyBytes_GET_SIZE(frames[i])
+            count -= 1
+            i += 1
+        # Frames head + kept .. i - 1 go: at least one, as the queue was full.
+        self.dropped_frames += i - head - kept
+        new_head = i - kept
+        if kept:
+            frames[new_head] = frames[head]  # the partial head moves up, next to its successor
+        for i in range(head, new_head):
+            frames[i] = b""
+        if new_head * 2 >= len(frames):  # at least as many dead slots as live frames: cut them
+            del frames[:new_head]
+            new_head = 0
+        self._head = new_head
+        frames.append(frame)
+        self.queued_bytes = left + n
+        return _QUEUED
+
     def take(self):
         """Remove every queued frame and return them joined (``b""`` when none)."""
         cdef list frames = self._frames
+        cdef Py_ssize_t head = self._head
         cdef Py_ssize_t count = len(frames)
         if count == 0:
             return b""
-        data = frames[0] if count == 1 else b"".join(frames)
+        if count - head == 1:
+            data = frames[head]
+        else:
+            if head:
+                del frames[:head]
+            data = b"".join(frames)
         self._frames = []
+        self._head = 0
+        self._partial_head = False
         self.queued_bytes = 0
         return data
 
@@ -454,6 +519,8 @@ cdef class Outbox:
         """Mark the outbox closed and drop the queue; later pushes return ``PUSH_CLOSED``."""
         self.closed = True
         self._frames = []
+        self._head = 0
+        self._partial_head = False
         self.queued_bytes = 0
 
 

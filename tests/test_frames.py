@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -732,7 +733,14 @@ def test_outbox_state_attributes_are_read_only(
     frames_impl: ModuleType, pair: tuple[socket.socket, socket.socket]
 ) -> None:
     outbox = frames_impl.Outbox(pair[0], 8, 1 << 20, Wake())
-    for name in ("closed", "error", "queued_frames", "queued_bytes"):
+    for name in (
+        "closed",
+        "error",
+        "queued_frames",
+        "queued_bytes",
+        "drop_oldest",
+        "dropped_frames",
+    ):
         with pytest.raises(AttributeError):
             setattr(outbox, name, 1)
     outbox.writing = 1
@@ -763,10 +771,15 @@ ops = st.lists(
 @given(
     max_frames=st.integers(0, 6),
     max_bytes=st.integers(0, 1200),
+    drop_oldest=st.booleans(),
     steps=ops,
 )
 def test_outbox_same_in_c_and_python(
-    frames_c: ModuleType, max_frames: int, max_bytes: int, steps: list[tuple[str, Any]]
+    frames_c: ModuleType,
+    max_frames: int,
+    max_bytes: int,
+    drop_oldest: bool,
+    steps: list[tuple[str, Any]],
 ) -> None:
     sockets = [socket.socketpair(), socket.socketpair()]
     try:
@@ -775,7 +788,9 @@ def test_outbox_same_in_c_and_python(
             server.setblocking(False)
             client.setblocking(False)
             wakes.append(Wake())
-            boxes.append(module.Outbox(server, max_frames, max_bytes, wakes[-1]))
+            boxes.append(
+                module.Outbox(server, max_frames, max_bytes, wakes[-1], drop_oldest=drop_oldest)
+            )
         # At most 40 pushes of at most 300 bytes: far less than the socket buffers hold.
         for i, (op, arg) in enumerate(steps):
             if op == "push":
@@ -791,7 +806,8 @@ def test_outbox_same_in_c_and_python(
                 results = [box.close() for box in boxes]
             assert results[:1] == results[1:]
             states = [
-                (b.closed, b.error, b.writing, b.queued_frames, b.queued_bytes) for b in boxes
+                (b.closed, b.error, b.writing, b.queued_frames, b.queued_bytes, b.dropped_frames)
+                for b in boxes
             ]
             assert states[0] == states[1]
             assert wakes[0].calls == wakes[1].calls
@@ -800,6 +816,408 @@ def test_outbox_same_in_c_and_python(
         for server, client in sockets:
             server.close()
             client.close()
+
+
+# Outbox: drop_oldest -----------------------------------------------------------------------
+
+
+class ModelOutbox:
+    """The queue part of an outbox, written plainly: the reference for ``drop_oldest``.
+
+    ``queue`` holds ``[queued bytes, payload]`` pairs, oldest first; ``partial`` tells whether
+    the head is the rest of a partly sent frame.
+    """
+
+    def __init__(self, max_frames: int, max_bytes: int, drop_oldest: bool) -> None:
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self.drop_oldest = drop_oldest
+        self.queue: list[tuple[bytes, bytes]] = []
+        self.partial = False
+        self.dropped = 0
+
+    @property
+    def queued_bytes(self) -> int:
+        return sum(len(data) for data, _ in self.queue)
+
+    def full_for(self, size: int) -> bool:
+        return len(self.queue) >= self.max_frames or self.queued_bytes + size > self.max_bytes
+
+    def push(self, frames: ModuleType, frame: bytes, payload: bytes) -> int:
+        """A push that does not go to the socket (queue not empty, or ``writing``)."""
+        if self.full_for(len(frame)):
+            if not self.drop_oldest:
+                return int(frames.PUSH_FULL)
+            kept = self.queue[:1] if self.partial else []
+            room = ModelOutbox(self.max_frames, self.max_bytes, False)
+            room.queue = kept
+            if room.full_for(len(frame)):  # even with every droppable frame gone
+                return int(frames.PUSH_FULL)
+            while self.full_for(len(frame)):
+                del self.queue[len(kept)]
+                self.dropped += 1
+        self.queue.append((frame, payload))
+        return int(frames.PUSH_QUEUED)
+
+    def take(self) -> tuple[bytes, list[bytes]]:
+        """Empty the queue: its bytes, and the payloads of the frames it finishes."""
+        data = b"".join(data for data, _ in self.queue)
+        payloads = [payload for _, payload in self.queue]
+        self.queue = []
+        self.partial = False
+        return data, payloads
+
+
+def binary_frame(frames: ModuleType, size: int, seed: int) -> tuple[bytes, bytes]:
+    payload = payload_of(size, seed)
+    return frames.encode_frame(frames.OP_BINARY, payload), payload
+
+
+def assert_whole_frames(data: bytes, payloads: list[bytes]) -> None:
+    """``data`` parses (wsproto, client side) into exactly these whole binary frames."""
+    parsed = parse_frames(data)
+    assert [bytes(frame.payload) for frame in parsed] == payloads  # type: ignore[arg-type]
+    assert all(frame.opcode == Opcode.BINARY for frame in parsed)
+    assert all(frame.frame_finished and frame.message_finished for frame in parsed)
+
+
+EMPTY_FRAME = b"\x82\x00"  # a binary frame without payload
+
+
+def clog(server: socket.socket) -> int:
+    """Fill ``server``'s send buffer with empty frames, whole ones; return how many."""
+    count = 0
+    while True:
+        try:
+            sent = server.send(EMPTY_FRAME)
+        except BlockingIOError:
+            return count
+        assert sent == len(EMPTY_FRAME)
+        count += 1
+
+
+@contextmanager
+def small_socketpair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """``small_pair`` for Hypothesis tests, which cannot take function-scoped fixtures."""
+    server, client = socket.socketpair()
+    try:
+        server.setblocking(False)
+        client.setblocking(False)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        yield server, client
+    finally:
+        server.close()
+        client.close()
+
+
+def test_outbox_refuses_when_full_by_default(
+    frames_impl: ModuleType, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    outbox = frames_impl.Outbox(pair[0], 2, 1 << 20, Wake())
+    outbox.writing = True
+    assert outbox.drop_oldest is False
+    assert [outbox.push(b"%d" % i) for i in range(4)] == [
+        frames_impl.PUSH_QUEUED,
+        frames_impl.PUSH_QUEUED,
+        frames_impl.PUSH_FULL,
+        frames_impl.PUSH_FULL,
+    ]
+    assert (outbox.queued_frames, outbox.dropped_frames, outbox.take()) == (2, 0, b"01")
+
+
+def test_drop_oldest_is_keyword_only(
+    frames_impl: ModuleType, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    with pytest.raises(TypeError):
+        frames_impl.Outbox(pair[0], 2, 10, Wake(), True)
+    outbox = frames_impl.Outbox(pair[0], 2, 10, Wake(), drop_oldest=1)
+    assert outbox.drop_oldest is True
+    assert outbox.dropped_frames == 0
+
+
+def test_drop_oldest_makes_room_at_max_frames(
+    frames_impl: ModuleType, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    server, client = pair
+    wake = Wake()
+    outbox = frames_impl.Outbox(server, 3, 1 << 20, wake, drop_oldest=True)
+    outbox.writing = True
+    assert [outbox.push(b"%d" % i) for i in range(8)] == [frames_impl.PUSH_QUEUED] * 8
+    assert (outbox.queued_frames, outbox.queued_bytes, outbox.dropped_frames) == (3, 3, 5)
+    assert wake.calls == 0
+    assert drain(client) == b""
+    assert outbox.take() == b"567"
+    assert outbox.dropped_frames == 5  # cumulative: take does not reset it
+    assert outbox.push(b"8") == frames_impl.PUSH_QUEUED
+    assert (outbox.queued_frames, outbox.dropped_frames, outbox.take()) == (1, 5, b"8")
+
+
+def test_drop_oldest_makes_room_at_max_bytes(
+    frames_impl: ModuleType, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    server, _ = pair
+    outbox = frames_impl.Outbox(server, 100, 10, Wake(), drop_oldest=True)
+    outbox.writing = True
+    assert outbox.push(b"123456") == frames_impl.PUSH_QUEUED
+    assert outbox.push(b"1234") == frames_impl.PUSH_QUEUED  # exactly 10
+    assert outbox.push(b"abc") == frames_impl.PUSH_QUEUED  # drops "123456" only
+    assert (outbox.queued_frames, outbox.queued_bytes, outbox.dropped_frames) == (2, 7, 1)
+    assert outbox.push(b"ABCDEFGHIJ") == frames_impl.PUSH_QUEUED  # needs the whole queue
+    assert (outbox.queued_frames, outbox.queued_bytes, outbox.dropped_frames) == (1, 10, 3)
+    assert outbox.push(b"") == frames_impl.PUSH_QUEUED  # 10 still fits: nothing dropped
+    assert (outbox.queued_frames, outbox.queued_bytes, outbox.dropped_frames) == (2, 10, 3)
+    assert outbox.push(b"z") == frames_impl.PUSH_QUEUED  # drops "ABCDEFGHIJ", keeps b""
+    assert (outbox.queued_frames, outbox.queued_bytes, outbox.dropped_frames) == (2, 1, 4)
+    assert outbox.take() == b"z"
+
+
+def test_drop_oldest_refuses_a_frame_over_max_bytes_and_drops_nothing(
+    frames_impl: ModuleType, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    server, _ = pair
+    outbox = frames_impl.Outbox(server, 3, 10, Wake(), drop_oldest=True)
+    outbox.writing = True
+    assert outbox.push(b"abc") == frames_impl.PUSH_QUEUED
+    assert outbox.push(b"def") == frames_impl.PUSH_QUEUED
+    assert outbox.push(b"x" * 11) == frames_impl.PUSH_FULL
+    assert (outbox.queued_frames, outbox.queued_bytes, outbox.dropped_frames) == (2, 6, 0)
+    assert outbox.take() == b"abcdef"
+    assert outbox.push(b"x" * 11) == frames_impl.PUSH_FULL  # empty queue, writer busy
+    assert (outbox.queued_frames, outbox.dropped_frames) == (0, 0)
+    never = frames_impl.Outbox(server, 0, 10, Wake(), drop_oldest=True)
+    never.writing = True
+    assert never.push(b"") == frames_impl.PUSH_FULL  # max_frames=0: nothing ever fits
+    assert (never.queued_frames, never.dropped_frames) == (0, 0)
+
+
+def test_drop_oldest_cuts_dropped_slots_and_keeps_order_over_many_pushes(
+    frames_impl: ModuleType, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    server, client = pair
+    outbox = frames_impl.Outbox(server, 5, 1 << 20, Wake(), drop_oldest=True)
+    outbox.writing = True
+    for i in range(1000):
+        assert outbox.push(b"%d," % i) == frames_impl.PUSH_QUEUED
+        assert outbox.queued_frames == min(i + 1, 5)
+    assert outbox.dropped_frames == 995
+    assert outbox.queued_bytes == len(b"995,996,997,998,999,")
+    assert outbox.take() == b"995,996,997,998,999,"
+    outbox.writing = False
+    assert outbox.push(b"direct") == frames_impl.PUSH_SENT  # the direct path is back
+    assert drain(client) == b"direct"
+    single = frames_impl.Outbox(server, 1, 1 << 20, Wake(), drop_oldest=True)
+    single.writing = True
+    for frame in (b"a", b"b", b"c"):
+        assert single.push(frame) == frames_impl.PUSH_QUEUED
+    assert (single.queued_frames, single.dropped_frames, single.take()) == (1, 2, b"c")
+
+
+def test_drop_oldest_keeps_the_partial_head_and_the_newest_frames(
+    frames_impl: ModuleType, small_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    server, client = small_pair
+    wake = Wake()
+    outbox = frames_impl.Outbox(server, 4, 1 << 24, wake, drop_oldest=True)
+    sent: list[tuple[bytes, bytes]] = []
+    for i in range(10_000):  # until the kernel refuses part of a frame
+        frame, payload = binary_frame(frames_impl, 16384, i)
+        result = outbox.push(frame)
+        sent.append((frame, payload))
+        if result == frames_impl.PUSH_QUEUED:
+            break
+        assert result == frames_impl.PUSH_SENT
+    partial = outbox.queued_bytes < len(sent[-1][0])  # else the kernel took none of it
+    newest = [binary_frame(frames_impl, 1000, 20_000 + i) for i in range(10)]
+    for frame, _ in newest:
+        assert outbox.push(frame) == frames_impl.PUSH_QUEUED
+    # Four places: the partial head and the 3 newest, or the 4 newest.
+    assert outbox.queued_frames == 4
+    assert outbox.dropped_frames == 7  # 10 - 3, or the whole unsent frame and 10 - 4
+    assert wake.calls == 1
+    kept = newest[-3:] if partial else newest[-4:]
+    delivered = sent if partial else sent[:-1]
+    received = write_out(outbox, server, client)
+    assert received == b"".join(frame for frame, _ in delivered + kept)
+    assert_whole_frames(received, [payload for _, payload in delivered + kept])
+
+
+@pytest.mark.parametrize(
+    ("max_frames", "max_bytes"), [(1, 1 << 22), (100, 0)], ids=["frames", "bytes"]
+)
+def test_drop_oldest_refuses_when_the_partial_head_alone_is_over_a_limit(
+    frames_impl: ModuleType,
+    small_pair: tuple[socket.socket, socket.socket],
+    max_frames: int,
+    max_bytes: int,
+) -> None:
+    server, client = small_pair
+    outbox = frames_impl.Outbox(server, max_frames, max_bytes, Wake(), drop_oldest=True)
+    frame, payload = binary_frame(frames_impl, 1 << 20, 1)  # far more than the buffers hold
+    assert outbox.push(frame) == frames_impl.PUSH_QUEUED
+    queued = outbox.queued_bytes
+    assert 0 < queued < len(frame)
+    assert outbox.push(b"") == frames_impl.PUSH_FULL
+    assert outbox.push(b"x") == frames_impl.PUSH_FULL
+    assert (outbox.queued_frames, outbox.queued_bytes, outbox.dropped_frames) == (1, queued, 0)
+    received = write_out(outbox, server, client)
+    assert received == frame
+    assert_whole_frames(received, [payload])
+
+
+def test_drop_oldest_drops_behind_the_partial_head(
+    frames_impl: ModuleType, small_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    server, client = small_pair
+    outbox = frames_impl.Outbox(server, 2, 1 << 22, Wake(), drop_oldest=True)
+    big, big_payload = binary_frame(frames_impl, 1 << 20, 1)
+    assert outbox.push(big) == frames_impl.PUSH_QUEUED
+    assert outbox.queued_bytes < len(big)
+    small = [binary_frame(frames_impl, 10, 2 + i) for i in range(3)]
+    assert [outbox.push(frame) for frame, _ in small] == [frames_impl.PUSH_QUEUED] * 3
+    assert (outbox.queued_frames, outbox.dropped_frames) == (2, 2)
+    received = write_out(outbox, server, client)
+    assert received == big + small[-1][0]
+    assert_whole_frames(received, [big_payload, small[-1][1]])
+    outbox.writing = True  # take() cleared the partial state: the new head may go
+    assert [outbox.push(frame) for frame in (b"a", b"b", b"c")] == [frames_impl.PUSH_QUEUED] * 3
+    assert (outbox.queued_frames, outbox.dropped_frames) == (2, 3)
+    assert outbox.take() == b"bc"
+
+
+def test_drop_oldest_may_drop_a_frame_the_kernel_took_none_of(
+    frames_impl: ModuleType, small_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    server, client = small_pair
+    outbox = frames_impl.Outbox(server, 1, 1 << 20, Wake(), drop_oldest=True)
+    filler = clog(server)
+    assert filler > 0
+    first, _ = binary_frame(frames_impl, 100, 1)
+    second, second_payload = binary_frame(frames_impl, 100, 2)
+    assert outbox.push(first) == frames_impl.PUSH_QUEUED  # EAGAIN: queued whole, unsent
+    assert outbox.queued_bytes == len(first)
+    assert outbox.push(second) == frames_impl.PUSH_QUEUED  # so it may go
+    assert (outbox.queued_frames, outbox.dropped_frames) == (1, 1)
+    received = write_out(outbox, server, client)
+    assert received == EMPTY_FRAME * filler + second
+    assert_whole_frames(received, [b""] * filler + [second_payload])
+
+
+queue_ops = st.lists(
+    st.tuples(st.sampled_from(("push",) * 6 + ("take",)), st.integers(0, 300)),
+    min_size=10,
+    max_size=60,
+)
+
+
+@pytest.mark.c_extension
+@PROPERTY
+@given(
+    max_frames=st.integers(0, 8),
+    max_bytes=st.integers(0, 1500),
+    drop_oldest=st.booleans(),
+    steps=queue_ops,
+)
+def test_outbox_dropping_same_in_c_and_python_and_as_the_model(
+    frames_c: ModuleType,
+    max_frames: int,
+    max_bytes: int,
+    drop_oldest: bool,
+    steps: list[tuple[str, int]],
+) -> None:
+    server, client = socket.socketpair()
+    try:
+        server.setblocking(False)
+        boxes = [
+            module.Outbox(server, max_frames, max_bytes, Wake(), drop_oldest=drop_oldest)
+            for module in (frames_c, _frames_py)
+        ]
+        for box in boxes:
+            box.writing = True  # nothing is sent: every push goes through the limits
+        model = ModelOutbox(max_frames, max_bytes, drop_oldest)
+        for i, (op, size) in enumerate(steps):
+            if op == "push":
+                frame = payload_of(size, i)
+                expected: object = model.push(_frames_py, frame, frame)
+                results = [box.push(frame) for box in boxes]
+            else:
+                expected = model.take()[0]  # order preserved, dropped frames gone
+                results = [box.take() for box in boxes]
+            assert results == [expected, expected]
+            states = [(b.queued_frames, b.queued_bytes, b.dropped_frames) for b in boxes]
+            assert states == [(len(model.queue), model.queued_bytes, model.dropped)] * 2
+            assert model.queued_bytes <= max_bytes and len(model.queue) <= max_frames
+    finally:
+        server.close()
+        client.close()
+
+
+socket_ops = st.lists(
+    st.tuples(
+        st.sampled_from(("push",) * 8 + ("flush", "writing", "not writing", "clog")),
+        st.one_of(st.integers(0, 300), st.integers(4000, 40_000)),  # push: payload size
+    ),
+    min_size=10,
+    max_size=40,
+)
+
+
+@PROPERTY
+@given(
+    max_frames=st.integers(0, 6),
+    max_bytes=st.one_of(st.integers(0, 2000), st.integers(40_000, 120_000), st.just(1 << 24)),
+    drop_oldest=st.sampled_from([True, True, True, False]),
+    steps=socket_ops,
+)
+def test_outbox_dropping_over_a_socket_never_tears_a_frame(
+    frames_impl: ModuleType,
+    max_frames: int,
+    max_bytes: int,
+    drop_oldest: bool,
+    steps: list[tuple[str, int]],
+) -> None:
+    """Direct sends give partial heads, or whole unsent frames after a clog, as the kernel
+    decides; the model follows them."""
+    model = ModelOutbox(max_frames, max_bytes, drop_oldest)
+    with small_socketpair() as (server, client):
+        outbox = frames_impl.Outbox(server, max_frames, max_bytes, Wake(), drop_oldest=drop_oldest)
+        expected: list[bytes] = []  # the payloads the peer must get, in order
+        received = []
+        for i, (op, size) in enumerate(steps):
+            if op == "push":
+                frame, payload = binary_frame(frames_impl, size, i)
+                direct = not model.queue and not outbox.writing
+                result = outbox.push(frame)
+                if direct:
+                    if result == frames_impl.PUSH_SENT:
+                        expected.append(payload)
+                    else:
+                        assert result == frames_impl.PUSH_QUEUED
+                        rest = frame[len(frame) - outbox.queued_bytes :]
+                        model.queue = [(rest, payload)]
+                        model.partial = len(rest) < len(frame)
+                else:
+                    assert result == model.push(frames_impl, frame, payload)
+                    if result == frames_impl.PUSH_QUEUED:
+                        assert outbox.queued_frames <= max_frames
+                        assert outbox.queued_bytes <= max_bytes
+            elif op == "flush":
+                expected += model.take()[1]
+                received.append(write_out(outbox, server, client))
+            elif op == "clog":
+                if not model.queue:  # else the empty frames would pass queued ones
+                    expected += [b""] * clog(server)
+            else:
+                outbox.writing = op == "writing"
+            assert outbox.queued_frames == len(model.queue)
+            assert outbox.queued_bytes == model.queued_bytes
+            assert outbox.dropped_frames == model.dropped
+            # Over a limit only with the one frame a direct send queued whatever the limits.
+            within = outbox.queued_frames <= max_frames and outbox.queued_bytes <= max_bytes
+            assert within or outbox.queued_frames == 1
+        expected += model.take()[1]
+        received.append(write_out(outbox, server, client))
+        assert_whole_frames(b"".join(received), expected)
 
 
 # fan_out -----------------------------------------------------------------------------------
@@ -851,6 +1269,22 @@ def test_fan_out_pushes_in_order_to_many(
     assert full == boxes
     assert all(box.take() == b"12" for box in boxes)
     assert frames_impl.fan_out([], b"x", full) == 0
+
+
+def test_fan_out_counts_pushes_that_dropped_older_frames(
+    frames_impl: ModuleType, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    server, _ = pair
+    dropping = frames_impl.Outbox(server, 1, 1 << 20, Wake(), drop_oldest=True)
+    refusing = frames_impl.Outbox(server, 1, 1 << 20, Wake())
+    for box in (dropping, refusing):
+        box.writing = True
+    full: list[Any] = []
+    assert frames_impl.fan_out([dropping, refusing], b"1", full) == 2
+    assert frames_impl.fan_out([dropping, refusing], b"2", full) == 1
+    assert full == [refusing]
+    assert (dropping.dropped_frames, refusing.dropped_frames) == (1, 0)
+    assert (dropping.take(), refusing.take()) == (b"2", b"1")
 
 
 def test_fan_out_rejects_bad_arguments(

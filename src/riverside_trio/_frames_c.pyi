@@ -50,7 +50,13 @@ class Outbox:
         max_frames: int,
         max_bytes: int,
         wake: Callable[[], None],
+        *,
+        drop_oldest: bool = False,
     ) -> None: ...
+    @property
+    def drop_oldest(self) -> bool: ...
+    @property
+    def dropped_frames(self) -> int: ...
     @property
     def closed(self) -> bool: ...
     @property

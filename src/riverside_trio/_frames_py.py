@@ -265,12 +265,22 @@ class Outbox:
     the socket without blocking; what the kernel does not take is queued, and ``wake`` is
     called so the writer task comes to send it. Frame order is always preserved.
 
+    When a push finds the queue full, the outbox answers ``PUSH_FULL`` and changes nothing,
+    unless ``drop_oldest`` is set: then it drops queued frames from the oldest end until the
+    new frame fits (by count and by bytes), appends it and answers ``PUSH_QUEUED``. It never
+    drops the remainder of a partly sent frame, the head of the queue after a direct send the
+    kernel took only part of, as its peer would see a torn frame; frames behind it may go. If
+    the new frame does not fit even once every droppable frame is gone, it answers
+    ``PUSH_FULL`` and drops nothing. ``dropped_frames`` counts the frames dropped.
+
     Args:
         sock: The connection's socket, non-blocking (``gettimeout() == 0.0``). The outbox
             only sends on it; closing it stays the owner's job.
         max_frames: The most frames queued at once (a partly sent frame is always queued).
         max_bytes: The most bytes queued at once (same exception).
         wake: Called with no arguments when the writer task has work to do.
+        drop_oldest: Make room in a full queue by dropping its oldest frames, rather than
+            refusing the new one.
 
     Raises:
         TypeError: ``wake`` is not callable.
@@ -279,10 +289,14 @@ class Outbox:
 
     __slots__ = (
         "_closed",
+        "_drop_oldest",
+        "_dropped_frames",
         "_error",
         "_frames",
+        "_head",
         "_max_bytes",
         "_max_frames",
+        "_partial_head",
         "_queued_bytes",
         "_sock",
         "_wake",
@@ -293,7 +307,13 @@ class Outbox:
         raise TypeError("type 'Outbox' is not an acceptable base type")
 
     def __init__(
-        self, sock: socket.socket, max_frames: int, max_bytes: int, wake: Callable[[], None]
+        self,
+        sock: socket.socket,
+        max_frames: int,
+        max_bytes: int,
+        wake: Callable[[], None],
+        *,
+        drop_oldest: bool = False,
     ) -> None:
         frames_limit = _as_ssize(max_frames)
         bytes_limit = _as_ssize(max_bytes)
@@ -307,7 +327,14 @@ class Outbox:
         self._max_frames = frames_limit
         self._max_bytes = bytes_limit
         self._wake = wake
+        self._drop_oldest = bool(drop_oldest)
+        self._dropped_frames = 0
+        # The queue is _frames[_head:]. Dropping frames blanks their slots (b"") and moves _head
+        # on rather than shifting the list; the dead slots are cut off in bulk (amortized O(1)).
+        # _head is 0 whenever the queue is empty, so an empty list still means empty.
         self._frames: list[bytes] = []
+        self._head = 0
+        self._partial_head = False  # _frames[_head] is the rest of a partly sent frame: keep it
         self._queued_bytes = 0
         self._writing = False
         self._closed = False
@@ -333,9 +360,19 @@ class Outbox:
         return self._error
 
     @property
+    def drop_oldest(self) -> bool:
+        """Whether a full queue drops its oldest frames to take a new one."""
+        return self._drop_oldest
+
+    @property
+    def dropped_frames(self) -> int:
+        """Frames dropped so far to make room (``drop_oldest``); ``close`` does not count."""
+        return self._dropped_frames
+
+    @property
     def queued_frames(self) -> int:
         """Frames waiting for the writer task."""
-        return len(self._frames)
+        return len(self._frames) - self._head
 
     @property
     def queued_bytes(self) -> int:
@@ -346,9 +383,10 @@ class Outbox:
         """Send or queue one encoded frame; never blocks.
 
         Returns:
-            ``PUSH_SENT`` (all written now), ``PUSH_QUEUED`` (the writer task will send it),
-            ``PUSH_FULL`` (over a limit; nothing changed) or ``PUSH_CLOSED`` (closed, or the
-            direct send failed: see ``error``).
+            ``PUSH_SENT`` (all written now), ``PUSH_QUEUED`` (the writer task will send it,
+            maybe after dropping older frames: see ``drop_oldest``), ``PUSH_FULL`` (over a
+            limit; nothing changed) or ``PUSH_CLOSED`` (closed, or the direct send failed:
+            see ``error``).
 
         Raises:
             TypeError: ``frame`` is not ``bytes``.
@@ -381,11 +419,17 @@ class Outbox:
             rest = frame[sent:] if sent else frame
             frames.append(rest)
             self._queued_bytes = len(rest)
+            self._partial_head = sent != 0  # nothing sent: a whole frame, droppable
             self._wake()
             return PUSH_QUEUED
         size = len(frame)
         if len(frames) >= self._max_frames or self._queued_bytes + size > self._max_bytes:
-            return PUSH_FULL
+            if not self._drop_oldest:  # then there are no dropped slots: full
+                return PUSH_FULL
+            # len(frames) counts dropped slots too: recount, off the common path.
+            count = len(frames) - self._head
+            if count >= self._max_frames or self._queued_bytes + size > self._max_bytes:
+                return self._push_dropping(frame, count, size)
         was_empty = not frames
         frames.append(frame)
         self._queued_bytes += size
@@ -393,13 +437,51 @@ class Outbox:
             self._wake()
         return PUSH_QUEUED
 
+    def _push_dropping(self, frame: bytes, count: int, size: int) -> int:
+        """The queue (``count`` frames) is full: drop its oldest frames to make room for
+        ``frame`` (``size`` bytes), or answer ``PUSH_FULL`` and change nothing if that cannot do."""
+        frames = self._frames
+        head = self._head
+        kept = 1 if self._partial_head else 0  # frames that must stay
+        left = len(frames[head]) if kept else 0
+        # Check first: the most room dropping can make.
+        if kept >= self._max_frames or left + size > self._max_bytes:
+            return PUSH_FULL
+        left = self._queued_bytes
+        i = head + kept  # the oldest droppable frame
+        while count >= self._max_frames or left + size > self._max_bytes:
+            left -= len(frames[i])
+            count -= 1
+            i += 1
+        # Frames head + kept .. i - 1 go: at least one, as the queue was full.
+        self._dropped_frames += i - head - kept
+        new_head = i - kept
+        if kept:
+            frames[new_head] = frames[head]  # the partial head moves up, next to its successor
+        frames[head:new_head] = [b""] * (new_head - head)
+        if new_head * 2 >= len(frames):  # at least as many dead slots as live frames: cut them
+            del frames[:new_head]
+            new_head = 0
+        self._head = new_head
+        frames.append(frame)
+        self._queued_bytes = left + size
+        return PUSH_QUEUED
+
     def take(self) -> bytes:
         """Remove every queued frame and return them joined (``b""`` when none)."""
         frames = self._frames
         if not frames:
             return b""
-        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        head = self._head
+        if len(frames) - head == 1:
+            data = frames[head]
+        else:
+            if head:
+                del frames[:head]
+            data = b"".join(frames)
         self._frames = []
+        self._head = 0
+        self._partial_head = False
         self._queued_bytes = 0
         return data
 
@@ -407,6 +489,8 @@ class Outbox:
         """Mark the outbox closed and drop the queue; later pushes return ``PUSH_CLOSED``."""
         self._closed = True
         self._frames = []
+        self._head = 0
+        self._partial_head = False
         self._queued_bytes = 0
 
 
