@@ -135,6 +135,44 @@ async def _close_after_response(sock: socket.socket, data: bytes) -> None:
                 drained += len(chunk)
 
 
+# Header names, and the values of headers that repeat from client to client, are shared
+# between requests instead of held once per connection. Bounded: a client cannot grow it.
+_SHARED_VALUES = frozenset(
+    {
+        b"host",
+        b"upgrade",
+        b"connection",
+        b"sec-websocket-version",
+        b"sec-websocket-extensions",
+        b"origin",
+        b"user-agent",
+        b"accept-encoding",
+        b"accept-language",
+        b"cache-control",
+        b"pragma",
+    }
+)
+_CACHE_LIMIT = 4096
+_cache: dict[bytes, str] = {}
+
+
+def _shared(raw: bytes) -> str:
+    text = _cache.get(raw)
+    if text is None:
+        text = raw.decode("latin-1")
+        if len(_cache) < _CACHE_LIMIT:
+            _cache[raw] = text
+    return text
+
+
+def _name(raw: bytes) -> str:
+    return _shared(raw)  # h11 gives names lower-cased
+
+
+def _value(name: bytes, raw: bytes) -> str:
+    return _shared(raw) if name in _SHARED_VALUES else raw.decode("latin-1")
+
+
 def _is_ws_path(pattern: str, path: str) -> bool:
     """``Config.path`` is one path, or a prefix ending in ``*`` (``/*``: every path)."""
     if pattern.endswith("*"):
@@ -188,7 +226,7 @@ async def handle_request(
     target = request.target.decode("ascii", "replace")
     raw_path, _, query_string = target.partition("?")
     path = unquote(raw_path)
-    headers = Headers([(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers])
+    headers = Headers(flat=[x for k, v in request.headers for x in (_name(k), _value(k, v))])
     head = method == "HEAD"
 
     ws_path = _is_ws_path(cfg.path, path)

@@ -43,39 +43,46 @@ class Headers(Mapping[str, str]):
     """Read-only, case-insensitive HTTP headers.
 
     ``headers["x-token"]`` gives the last value of a repeated header, every value is in
-    :meth:`get_all`, and ``raw`` keeps every ``(name, value)`` pair in order with the names
-    lower-cased. Lookups scan the few pairs a request has; no index is kept, so an idle
-    connection holding its request stays small.
+    :meth:`get_all`, and ``raw`` has every ``(name, value)`` pair in order with the names
+    lower-cased. The pairs are kept as one flat tuple and lookups scan them (a request has
+    few), so an idle connection holding its request stays small.
     """
 
-    __slots__ = ("raw",)
+    __slots__ = ("_flat",)
 
-    def __init__(self, raw: Sequence[tuple[str, str]]) -> None:
-        self.raw: tuple[tuple[str, str], ...] = tuple((k.lower(), v) for k, v in raw)
+    def __init__(self, raw: Sequence[tuple[str, str]] = (), *, flat: Sequence[str] = ()) -> None:
+        if raw:
+            flat = [x for k, v in raw for x in (k.lower(), v)]
+        self._flat: tuple[str, ...] = tuple(flat)
+
+    @property
+    def raw(self) -> tuple[tuple[str, str], ...]:
+        """Every ``(name, value)`` pair, in the order received, names lower-cased."""
+        f = self._flat
+        return tuple(zip(f[::2], f[1::2], strict=True))
 
     def __getitem__(self, name: str) -> str:
         name = name.lower()
-        for k, v in reversed(self.raw):
-            if k == name:
-                return v
+        f = self._flat
+        for i in range(len(f) - 2, -1, -2):
+            if f[i] == name:
+                return f[i + 1]
         raise KeyError(name)
 
     def __contains__(self, name: object) -> bool:
-        if not isinstance(name, str):
-            return False
-        name = name.lower()
-        return any(k == name for k, _ in self.raw)
+        return isinstance(name, str) and name.lower() in self._flat[::2]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(dict.fromkeys(k for k, _ in self.raw))
+        return iter(dict.fromkeys(self._flat[::2]))
 
     def __len__(self) -> int:
-        return len({k for k, _ in self.raw})
+        return len(set(self._flat[::2]))
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``, in the order received."""
         name = name.lower()
-        return [v for k, v in self.raw if k == name]
+        f = self._flat
+        return [f[i + 1] for i in range(0, len(f), 2) if f[i] == name]
 
     def __repr__(self) -> str:
         return f"Headers({list(self.raw)!r})"
