@@ -526,7 +526,7 @@ class Connection:
                     elif kind == EV_PING:
                         metrics.incoming_control["ping"] += 1
                         if not self._close_sent:
-                            self._push_control(encode_frame(OP_PONG, event[1]))
+                            self._push_ping_or_pong(encode_frame(OP_PONG, event[1]))
                         if self._core.wants_control:
                             await self._control("ping", event[1])
                     elif kind == EV_PONG:
@@ -643,9 +643,16 @@ class Connection:
         self._mark_closing()
 
     def _push_control(self, frame: bytes) -> None:
+        """Queue a close frame: past a full outbox if need be (it is the last frame)."""
         if self._outbox.push(frame) == PUSH_FULL:
             self._inflight = memoryview(self._pending() + frame)
             self._wake_writer()
+
+    def _push_ping_or_pong(self, frame: bytes) -> None:
+        """Queue a ping or pong; a full outbox is the client's problem (outbox_policy): a
+        client that pings without reading is shed, or its pongs are dropped."""
+        if self._outbox.push(frame) == PUSH_FULL:
+            self._overflow()
 
     # ------------------------------------------------------------------ callbacks
 
@@ -708,7 +715,10 @@ class Connection:
         """Something is queued: start the writer task unless it runs already."""
         if not self._writer_running and self._nursery is not None:
             self._writer_running = True
-            self._nursery.start_soon(self._write_loop)
+            try:
+                self._nursery.start_soon(self._write_loop)
+            except RuntimeError:  # the connection is ending: its final flush sends the rest
+                self._writer_running = False
 
     async def _write_loop(self) -> None:
         """Drain the outbox, then end: an idle connection keeps no writer task."""
@@ -780,7 +790,7 @@ class Connection:
             elif now - self._last_ping >= cfg.ping_interval:
                 self._last_ping = now
                 self._ping_sent_at = now
-                self._push_control(encode_frame(OP_PING, b"riverside"))
+                self._push_ping_or_pong(encode_frame(OP_PING, b"riverside"))
 
     def _go_away(self) -> None:
         """Server shutdown: close 1001."""
