@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import socket
 import struct
@@ -182,3 +183,29 @@ async def ws_open(url: str, **kwargs: Any) -> AsyncIterator[WebSocketConnection]
         finally:
             if ws.closed is not None:
                 await ws._stream.aclose()
+
+
+async def read_listening_port(
+    stream: trio.abc.ReceiveStream,
+    lines: list[str],
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Collect the server's log lines; report the port of its ``listening`` event."""
+    buffer = b""
+    started = False
+    async for chunk in stream:
+        buffer += chunk
+        *complete, buffer = buffer.split(b"\n")
+        for raw in complete:
+            line = raw.decode("utf-8", "replace")
+            lines.append(line)
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if not started and event.get("event") == "listening":
+                started = True
+                task_status.started(event["port"])
+    if not started:
+        raise AssertionError("the server exited before listening:\n" + "\n".join(lines))

@@ -24,6 +24,8 @@ from riverside_trio._demo import DemoHandler
 from riverside_trio.cli import _flag, main
 from riverside_trio.config import Config
 
+from ._helpers import read_listening_port
+
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
@@ -291,32 +293,6 @@ def test_handler_module_that_raises_exits_1_with_traceback(
 # -- end to end ----------------------------------------------------------------------------
 
 
-async def read_stderr(
-    stream: trio.abc.ReceiveStream,
-    lines: list[str],
-    *,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Collect the server's log lines; report the port of its ``listening`` event."""
-    buffer = b""
-    started = False
-    async for chunk in stream:
-        buffer += chunk
-        *complete, buffer = buffer.split(b"\n")
-        for raw in complete:
-            line = raw.decode("utf-8", "replace")
-            lines.append(line)
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if not started and event.get("event") == "listening":
-                started = True
-                task_status.started(event["port"])
-    if not started:
-        raise AssertionError("the server exited before listening:\n" + "\n".join(lines))
-
-
 @asynccontextmanager
 async def open_client(port: int) -> AsyncIterator[trio_websocket.WebSocketConnection]:
     """A WebSocket client on a TCP stream we close ourselves.
@@ -361,7 +337,7 @@ async def test_serve_demo_end_to_end() -> None:
                 )
             )
             assert process.stderr is not None
-            port = await nursery.start(read_stderr, process.stderr, lines)
+            port = await nursery.start(read_listening_port, process.stderr, lines)
             async with open_client(port) as alice, open_client(port) as bob:
                 echo = {"hello": "world", "n": [1, 2.5, None]}
                 assert await exchange(alice, echo) == echo

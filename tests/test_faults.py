@@ -40,7 +40,7 @@ from riverside_trio import (
     TerminateReason,
 )
 
-from ._helpers import RawClient, client_frame, running, upgrade_request
+from ._helpers import RawClient, client_frame, read_listening_port, running, upgrade_request
 
 OP_TEXT, OP_CLOSE, OP_PING = 0x1, 0x8, 0x9
 NO_TIMERS: dict[str, Any] = {"idle_timeout": None, "ping_interval": None}
@@ -483,32 +483,6 @@ def raise_open_files_limit(needed: int) -> None:
         pytest.skip(f"needs {needed} open files, the hard RLIMIT_NOFILE is {hard}")
     if soft != resource.RLIM_INFINITY and soft < needed:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-async def read_listening_port(
-    stream: trio.abc.ReceiveStream,
-    lines: list[str],
-    *,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Collect the server's log lines; report the port of its ``listening`` event."""
-    buffer = b""
-    started = False
-    async for chunk in stream:
-        buffer += chunk
-        *complete, buffer = buffer.split(b"\n")
-        for raw in complete:
-            line = raw.decode("utf-8", "replace")
-            lines.append(line)
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if not started and event.get("event") == "listening":
-                started = True
-                task_status.started(event["port"])
-    if not started:
-        raise AssertionError("the server exited before listening:\n" + "\n".join(lines))
 
 
 @asynccontextmanager

@@ -66,6 +66,17 @@ async def _recv(sock: socket.socket) -> bytes:
             return b""
 
 
+async def _next_event(conn: h11.Connection, sock: socket.socket) -> object:
+    """h11's next event, reading from the socket as long as it needs data.
+
+    Raises:
+        h11.RemoteProtocolError: the client sent something that is not HTTP/1.1.
+    """
+    while (event := conn.next_event()) is h11.NEED_DATA:
+        conn.receive_data(await _recv(sock))
+    return event
+
+
 async def send_all(sock: socket.socket, data: bytes) -> bool:
     """Write all of ``data``; False if the peer is gone."""
     view = memoryview(data)
@@ -197,14 +208,9 @@ async def handle_request(
     request: h11.Request | None = None
     with trio.move_on_after(cfg.handshake_timeout) as scope:
         try:
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(await _recv(sock))
-                    continue
-                if isinstance(event, h11.Request):
-                    request = event
-                break
+            event = await _next_event(conn, sock)
+            if isinstance(event, h11.Request):
+                request = event
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint if exc.error_status_hint in (400, 431) else 400
             log.debug("bad_request", peer=peer, status=status, error=str(exc))
@@ -434,17 +440,10 @@ async def _user_route(
     body = bytearray()
     with trio.move_on_after(core.config.handshake_timeout) as scope:
         try:
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(await _recv(sock))
-                    continue
-                if isinstance(event, h11.Data):
-                    body += event.data
-                    if len(body) > core.config.max_message_size:
-                        return _response(413, "request body too large\n")
-                    continue
-                break
+            while isinstance(event := await _next_event(conn, sock), h11.Data):
+                body += event.data
+                if len(body) > core.config.max_message_size:
+                    return _response(413, "request body too large\n")
         except h11.RemoteProtocolError as exc:
             return _response(400, f"{exc}\n")
     if scope.cancelled_caught:
