@@ -8,7 +8,9 @@ best of several repeats is kept. ``--quick`` makes it shorter and noisier.
 The frame parser is also compared with wsproto's ``FrameProtocol(client=False)``, which it
 replaces: each message is one masked client frame, fed on its own and drained (``feed`` then
 ``next_event`` until ``None``; ``receive_bytes`` then ``received_frames``), as a connection
-does for each read.
+does for each read. The permessage-deflate cases (RSV1 set, ``FrameParser(deflate=True)``)
+also inflate the compressed event with one ``zlib`` decompressor kept for the connection, as
+the connection does; wsproto, with its ``PerMessageDeflate`` extension, inflates as it parses.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import argparse
 import socket
 import sys
 import timeit
+import zlib
 from collections.abc import Callable
 from time import perf_counter_ns
 from types import ModuleType
 
+from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameProtocol
 
 from riverside_trio import _frames_py
@@ -40,13 +44,12 @@ def _best_per_op(timer: timeit.Timer, repeat: int, target_s: float) -> float:
     return min(timer.repeat(repeat, number)) / number * 1e9
 
 
-def encode_frame(size: int, repeat: int, target_s: float) -> Case:
+def encode_frame(size: int, repeat: int, target_s: float, *, rsv1: bool = False) -> Case:
     payload = bytes(size)
+    stmt = "encode(2, payload, True, True)" if rsv1 else "encode(2, payload)"
 
     def run(frames: ModuleType) -> float:
-        timer = timeit.Timer(
-            "encode(2, payload)", globals={"encode": frames.encode_frame, "payload": payload}
-        )
+        timer = timeit.Timer(stmt, globals={"encode": frames.encode_frame, "payload": payload})
         return _best_per_op(timer, repeat, target_s)
 
     return run
@@ -126,15 +129,43 @@ def fan_out(
     return run
 
 
-def parse_message(payload: bytes | str, repeat: int, target_s: float) -> ParseCase:
-    """ns per message: one client frame fed, then every event taken."""
-    data = bytes(FrameProtocol(client=True, extensions=[]).send_data(payload))  # masked
+def _deflate_extension() -> list[PerMessageDeflate]:
+    extension = PerMessageDeflate()
+    extension.finalize("permessage-deflate")  # negotiated, default parameters
+    return [extension]
+
+
+def parse_message(
+    payload: bytes | str, repeat: int, target_s: float, *, deflate: bool = False
+) -> ParseCase:
+    """ns per message: one client frame fed, then every event taken (and inflated).
+
+    With ``deflate`` the frame is compressed (RSV1) by a fresh compressor, so the same bytes
+    inflate again and again in one connection's decompressor.
+    """
+    client = FrameProtocol(client=True, extensions=_deflate_extension() if deflate else [])
+    data = bytes(client.send_data(payload))  # masked
+    assert bool(data[0] & 0x40) == deflate
 
     def run(frames: ModuleType | None) -> float:
         if frames is None:  # wsproto
-            protocol = FrameProtocol(client=False, extensions=[])
+            extensions = _deflate_extension() if deflate else []
+            protocol = FrameProtocol(client=False, extensions=extensions)
             state = {"receive": protocol.receive_bytes, "frames": protocol.received_frames}
             stmt = "receive(data)\nfor _ in frames(): pass"
+        elif deflate:
+            parser = frames.FrameParser(1 << 20, deflate=True)
+            state = {
+                "feed": parser.feed,
+                "next_event": parser.next_event,
+                "inflate": zlib.decompressobj(-15).decompress,
+                "tail": b"\x00\x00\xff\xff",
+            }
+            stmt = (
+                "feed(data)\n"
+                "while (event := next_event()) is not None:\n"
+                "    inflate(event[1] + tail)"
+            )
         else:
             parser = frames.FrameParser(1 << 20)
             state = {"feed": parser.feed, "next_event": parser.next_event}
@@ -158,6 +189,7 @@ def main() -> None:
             ("encode_frame 64 B", encode_frame(64, repeat, target_s)),
             ("encode_frame 1 KiB", encode_frame(1024, repeat, target_s)),
             ("encode_frame 64 KiB", encode_frame(65536, repeat, target_s)),
+            ("encode_frame 64 B rsv1", encode_frame(64, repeat, target_s, rsv1=True)),
             ("TokenBucket.take (same time)", token_bucket_take(repeat, target_s, advancing=False)),
             ("TokenBucket.take (refilling)", token_bucket_take(repeat, target_s, advancing=True)),
             ("Outbox.push (queued)", outbox_push(server, repeat, target_s)),
@@ -187,6 +219,14 @@ def main() -> None:
             ("parse 64 B binary", parse_message(bytes(64), repeat, target_s)),
             ("parse 1 KiB binary", parse_message(bytes(1024), repeat, target_s)),
             ("parse 64 B text", parse_message("x" * 64, repeat, target_s)),
+            (
+                "parse+inflate 1 KiB text (deflate)",
+                parse_message("hello, deflate " * 68, repeat, target_s, deflate=True),
+            ),
+            (
+                "parse+inflate 64 KiB binary (deflate)",
+                parse_message(bytes(range(256)) * 256, repeat, target_s, deflate=True),
+            ),
         ]
         out(f"\n{'message':<34}{'C ns':>12}{'Python ns':>15}{'wsproto ns':>15}")
         out(f"{'C vs wsproto':>15}\n")

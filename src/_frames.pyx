@@ -156,13 +156,15 @@ cdef bytes _build_frame(unsigned char first, const char *src, Py_ssize_t n):
     return out
 
 
-def encode_frame(opcode, payload, fin=True):
-    """Encode one server-to-client frame (unmasked, RSV bits clear).
+def encode_frame(opcode, payload, fin=True, rsv1=False):
+    """Encode one server-to-client frame (unmasked, RSV2 and RSV3 clear).
 
     Args:
         opcode: One of the ``OP_*`` constants.
         payload: The payload, any C-contiguous buffer; it is copied.
         fin: Whether this is the final fragment of its message.
+        rsv1: Set RSV1, which marks a compressed message under permessage-deflate
+            (RFC 7692); only on the first frame of a text or binary message.
 
     Returns:
         The header followed by the payload.
@@ -170,10 +172,11 @@ def encode_frame(opcode, payload, fin=True):
     Raises:
         TypeError: ``opcode`` is not an integer, or ``payload`` is not a buffer (``str``).
         BufferError: ``payload`` is not C-contiguous.
-        ValueError: Unknown opcode, or a control frame (close, ping, pong) with a payload
-            over 125 bytes or ``fin=False``.
+        ValueError: Unknown opcode, a control frame (close, ping, pong) with a payload
+            over 125 bytes or ``fin=False``, or ``rsv1`` on a control or continuation frame.
     """
     cdef int op = _check_opcode(opcode)
+    cdef int first
     cdef Py_buffer view
     cdef bint release = False
     cdef const char *src
@@ -192,13 +195,20 @@ def encode_frame(opcode, payload, fin=True):
         src = <const char *>view.buf
         n = view.len
     try:
-        final_bit = 0x80 if fin else 0
-        if op >= 0x8 and (n > _MAX_CONTROL_PAYLOAD or not final_bit):
+        first = (0x80 if fin else 0) | op
+        if op >= 0x8 and (n > _MAX_CONTROL_PAYLOAD or not first & 0x80):
             raise ValueError(
                 "control frames must be final and carry at most 125 bytes "
                 f"(opcode {op:#x}, {n} bytes, fin={bool(fin)})"
             )
-        return _build_frame(<unsigned char>(final_bit | op), src, n)
+        if rsv1:
+            if op == 0x0 or op >= 0x8:
+                raise ValueError(
+                    "RSV1 is for the first frame of a text or binary message only "
+                    f"(opcode {op:#x})"
+                )
+            first |= 0x40
+        return _build_frame(<unsigned char>first, src, n)
     finally:
         if release:
             PyBuffer_Release(&view)
@@ -571,9 +581,12 @@ def fan_out(outboxes, frame, full):
 
 # Frame parsing ----------------------------------------------------------------------------
 #
-# FrameParser reads client-to-server frames (RFC 6455 section 5, server side, no extension)
-# and keeps, byte for byte, the decisions of wsproto's FrameProtocol(client=False), which the
-# tests use as the oracle. The rules, in the order they are checked:
+# FrameParser reads client-to-server frames (RFC 6455 section 5, server side, with or without
+# permessage-deflate, RFC 7692) and keeps, byte for byte, the decisions of wsproto's
+# FrameProtocol(client=False), which the tests use as the oracle (with its PerMessageDeflate
+# extension when deflate=True, on streams without a control frame between the fragments of a
+# compressed message: wsproto 1.3 forgets that the message is compressed there, and fails
+# it with 1007). The rules, in the order they are checked:
 #
 # Header, checked as its bytes arrive (2 bytes, then the extended length, then the key):
 #   1. opcode not in {0, 1, 2, 8, 9, 10}                                   -> 1002
@@ -581,7 +594,8 @@ def fan_out(outboxes, frame, full):
 #   3. control frame with a 7-bit length over 125                          -> 1002
 #   4. 16-bit length under 126, 64-bit length under 65536 (not minimal)    -> 1002
 #   5. 64-bit length with the most significant bit set                     -> 1002
-#   6. RSV1, RSV2 or RSV3 set                                              -> 1002
+#   6. RSV2 or RSV3 set, or RSV1 set without deflate                       -> 1002
+#      with deflate: RSV1 set on a control frame or a continuation frame   -> 1002
 #   7. MASK bit clear                                                      -> 1002
 # Control frames wait for their whole payload, even between the fragments of a message:
 #   8. ping, pong: an event with the payload; close: an empty payload gives 1005 and "",
@@ -597,6 +611,10 @@ def fan_out(outboxes, frame, full):
 #  11. text is strict UTF-8 -> 1007, checked as payload arrives: whatever has come in is
 #      decoded incrementally, so a bad byte fails on arrival, and a message ending inside a
 #      character fails at its end.
+# Compressed messages (deflate, RSV1 on the first frame): the event is EV_TEXT_DEFLATED or
+# EV_BINARY_DEFLATED with the compressed payload of all fragments joined, unmasked; rules 9
+# and 10 apply (the limit counts compressed bytes), rule 11 does not: the caller inflates the
+# payload (appending 00 00 ff ff), caps its size and checks the text.
 # Payload bytes are unmasked with the frame's key from the frame's first payload byte on. A
 # whole single-frame message already in the buffer is unmasked straight into its event (the
 # fast path); otherwise payload is unmasked into the message assembly as it arrives, so the
@@ -605,6 +623,8 @@ def fan_out(outboxes, frame, full):
 
 EV_TEXT = 1
 EV_BINARY = 2
+EV_TEXT_DEFLATED = 3  # EV_TEXT + 2: a compressed message, deflate=True only
+EV_BINARY_DEFLATED = 4
 EV_CLOSE = 8
 EV_PING = 9
 EV_PONG = 10
@@ -612,6 +632,7 @@ EV_PONG = 10
 cdef enum:
     _EV_TEXT = 1
     _EV_BINARY = 2
+    _DEFLATED = 2  # EV_TEXT + _DEFLATED == EV_TEXT_DEFLATED, same for binary
     _EV_CLOSE = 8
     _SHRINK = 1 << 16  # free an emptied buffer above this size
     _MIN_ALLOC = 4096
@@ -644,6 +665,10 @@ cdef class FrameParser:
     Args:
         max_message_size: The most payload bytes a text or binary message may have, over all
             its fragments; a frame that would exceed it fails with 1009 from its header on.
+            For a compressed message, the compressed bytes.
+        deflate: permessage-deflate was negotiated: RSV1 on the first frame of a message
+            marks it compressed, and it comes out as ``EV_TEXT_DEFLATED`` or
+            ``EV_BINARY_DEFLATED``, not inflated.
 
     Raises:
         TypeError: ``max_message_size`` is not an integer.
@@ -659,7 +684,8 @@ cdef class FrameParser:
     cdef Py_ssize_t _msg_len
     cdef Py_ssize_t _valid  # _msg[:_valid] is known to be whole UTF-8 characters
     cdef Py_ssize_t _max
-    cdef int _msg_op  # EV_TEXT or EV_BINARY while a message is in progress, else 0
+    cdef int _msg_op  # the event kind of the message in progress (EV_TEXT ...), else 0
+    cdef bint _deflate  # permessage-deflate: RSV1 allowed on the first frame of a message
     cdef bint _in_frame  # inside the payload of a data frame
     cdef bint _fin
     cdef uint64_t _remaining  # payload bytes of that frame still to come
@@ -668,12 +694,13 @@ cdef class FrameParser:
     cdef bint _closed
     cdef object _error  # None, or (code, reason)
 
-    def __init__(self, max_message_size):
+    def __init__(self, max_message_size, *, bint deflate=False):
         cdef Py_ssize_t size = max_message_size  # TypeError, OverflowError
         if size < 0:
             raise ValueError(f"max_message_size must not be negative, not {size}")
         self._release()
         self._max = size
+        self._deflate = deflate
         self._closed = False
         self._error = None
 
@@ -735,8 +762,10 @@ cdef class FrameParser:
 
         Returns:
             ``(EV_TEXT, str)``, ``(EV_BINARY, bytes)``, ``(EV_PING, bytes)``,
-            ``(EV_PONG, bytes)``, ``(EV_CLOSE, code, reason)``, or ``None`` when more bytes
-            are needed or the parser is finished.
+            ``(EV_PONG, bytes)``, ``(EV_CLOSE, code, reason)``, with ``deflate``
+            ``(EV_TEXT_DEFLATED, bytes)`` or ``(EV_BINARY_DEFLATED, bytes)`` (the compressed
+            payload, without the final ``00 00 ff ff``), or ``None`` when more bytes are
+            needed or the parser is finished.
 
         Raises:
             ProtocolError: The client broke RFC 6455 (``code`` 1002 or 1007) or sent a message
@@ -804,7 +833,12 @@ cdef class FrameParser:
                 raise self._fail(1002, "payload length over 2**63")
             head = 10
         if first & 0x70:
-            raise self._fail(1002, "reserved bits set")
+            if first & 0x30 or not self._deflate:
+                raise self._fail(1002, "reserved bits set")
+            if control:
+                raise self._fail(1002, "RSV1 set on a control frame")
+            if not opcode:
+                raise self._fail(1002, "RSV1 set on a continuation frame")
         if not second & 0x80:
             raise self._fail(1002, "unmasked frame")
         head += 4
@@ -837,9 +871,11 @@ cdef class FrameParser:
             n = <Py_ssize_t>length
             self._start += head + n
             p += head
-            if opcode == _EV_BINARY:
+            if opcode == _EV_BINARY or first & 0x40:  # binary, or compressed (deflate)
                 data = PyBytes_FromStringAndSize(NULL, n)
                 rt_unmask(<unsigned char *>PyBytes_AS_STRING(data), p, n, p - 4, 0)
+                if first & 0x40:
+                    return (<int>opcode + _DEFLATED, data)
                 return (_EV_BINARY, data)
             rt_unmask(p, p, n, p - 4, 0)  # in place: these bytes are consumed
             try:
@@ -853,7 +889,7 @@ cdef class FrameParser:
         self._remaining = length
         self._phase = 0
         if opcode:
-            self._msg_op = <int>opcode
+            self._msg_op = <int>opcode + _DEFLATED if first & 0x40 else <int>opcode
         return _NEXT
 
     cdef int _read_payload(self) except -1:
@@ -906,8 +942,8 @@ cdef class FrameParser:
         self._msg_op = 0
         self._msg_len = 0
         self._valid = 0
-        if opcode == _EV_BINARY:
-            result = (_EV_BINARY, PyBytes_FromStringAndSize(<char *>self._msg, n))
+        if opcode != _EV_TEXT:  # binary, or compressed (deflate)
+            result = (opcode, PyBytes_FromStringAndSize(<char *>self._msg, n))
         else:
             try:
                 result = (_EV_TEXT, PyUnicode_DecodeUTF8(<char *>self._msg, n, NULL))

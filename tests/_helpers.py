@@ -84,6 +84,7 @@ class RawClient:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         self.buf = bytearray()
+        self.last_first_byte = 0
 
     @classmethod
     async def connect(cls, server: Server) -> RawClient:
@@ -143,6 +144,7 @@ class RawClient:
                 if (n < 126 or pos > 2) and len(self.buf) >= pos + n:
                     payload = bytes(self.buf[pos : pos + n])
                     del self.buf[: pos + n]
+                    self.last_first_byte = b0  # FIN, RSV bits and opcode of that frame
                     return b0 & 0x0F, payload, bool(b0 & 0x80)
             if not await self._fill():
                 raise EOFError("connection closed")

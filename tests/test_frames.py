@@ -10,11 +10,13 @@ from __future__ import annotations
 import ast
 import errno
 import importlib
+import itertools
 import os
 import random
 import socket
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +26,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import Frame, FrameProtocol, Opcode
 
 import riverside_trio
@@ -56,9 +59,15 @@ def payload_of(size: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-def parse_frames(data: bytes) -> list[Frame]:
-    """Decode server frames with wsproto's client-side parser, independent of our code."""
-    protocol = FrameProtocol(client=True, extensions=[])
+def parse_frames(data: bytes, *, deflate: bool = False) -> list[Frame]:
+    """Decode server frames with wsproto's client-side parser, independent of our code;
+    with ``deflate``, through its permessage-deflate extension (payloads come out inflated)."""
+    extensions = []
+    if deflate:
+        extension = PerMessageDeflate()
+        extension.finalize("permessage-deflate")  # negotiated, with the default parameters
+        extensions.append(extension)
+    protocol = FrameProtocol(client=True, extensions=extensions)
     protocol.receive_bytes(data)
     return list(protocol.received_frames())
 
@@ -278,6 +287,28 @@ def test_encode_frame_rejects_non_contiguous_buffers(frames_impl: ModuleType) ->
         frames_impl.encode_frame(2, memoryview(b"abcdef")[::2])
 
 
+def test_encode_frame_rsv1_sets_0x40_in_the_first_byte(frames_impl: ModuleType) -> None:
+    encode = frames_impl.encode_frame
+    assert encode(frames_impl.OP_TEXT, b"hi", True, True) == b"\xc1\x02hi"
+    assert encode(frames_impl.OP_BINARY, b"hi", rsv1=True) == b"\xc2\x02hi"
+    assert encode(frames_impl.OP_TEXT, b"", fin=False, rsv1=True) == b"\x41\x00"
+    assert encode(2, b"x" * 126, True, True)[:4] == b"\xc2\x7e\x00\x7e"
+    assert encode(2, bytearray(65536), rsv1=True)[:2] == b"\xc2\x7f"
+    assert encode(2, memoryview(b"abc"), rsv1=True) == b"\xc2\x03abc"
+    assert encode(2, b"hi", True, False) == encode(2, b"hi") == b"\x82\x02hi"
+
+
+@pytest.mark.parametrize("opcode", (0x0, *CONTROL))
+def test_encode_frame_rejects_rsv1_on_control_and_continuation_frames(
+    frames_impl: ModuleType, opcode: int
+) -> None:
+    with pytest.raises(ValueError, match="RSV1"):
+        frames_impl.encode_frame(opcode, b"", True, True)
+    with pytest.raises(ValueError, match="RSV1"):
+        frames_impl.encode_frame(opcode, b"x", fin=True, rsv1=True)
+    assert frames_impl.encode_frame(opcode, b"", rsv1=False)[0] & 0x70 == 0
+
+
 sizes = st.one_of(
     st.sampled_from([0, 1, 124, 125, 126, 127, 65534, 65535, 65536, 65537]),
     st.integers(0, 70_000),
@@ -292,14 +323,21 @@ sizes = st.one_of(
     seed=st.integers(0, 2**32),
     kind=st.sampled_from(["bytes", "bytearray", "memoryview"]),
     fin=st.booleans(),
+    rsv1=st.sampled_from([None, False, True, True, 0, 1, b"", "yes"]),  # any truth value
 )
 def test_encode_frame_same_in_c_and_python(
-    frames_c: ModuleType, opcode: int, size: int, seed: int, kind: str, fin: bool
+    frames_c: ModuleType, opcode: int, size: int, seed: int, kind: str, fin: bool, rsv1: Any
 ) -> None:
     data = payload_of(size, seed)
     payload = {"bytes": data, "bytearray": bytearray(data), "memoryview": memoryview(data)}[kind]
     expected = outcome(_frames_py.encode_frame, opcode, payload, fin)
     assert outcome(frames_c.encode_frame, opcode, payload, fin) == expected
+    expected = outcome(_frames_py.encode_frame, opcode, payload, fin, rsv1)
+    assert outcome(frames_c.encode_frame, opcode, payload, fin, rsv1) == expected
+    if rsv1 is not None:
+        keywords = {"fin": fin, "rsv1": rsv1}
+        expected = outcome(lambda: _frames_py.encode_frame(opcode, payload, **keywords))
+        assert outcome(lambda: frames_c.encode_frame(opcode, payload, **keywords)) == expected
 
 
 @PROPERTY
@@ -338,6 +376,63 @@ def test_encode_frame_output_parses_as_rfc6455(
         assert "".join(str(frame.payload) for frame in parsed) == text
     else:
         assert b"".join(bytes(frame.payload) for frame in parsed) == payload  # type: ignore[arg-type]
+
+
+def _compressed(compressor: Any, payload: bytes) -> bytes:
+    """``payload`` compressed as one permessage-deflate message, without ``00 00 ff ff``."""
+    data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    assert data.endswith(b"\x00\x00\xff\xff")
+    return data[:-4]
+
+
+@PROPERTY
+@given(
+    messages=st.lists(
+        st.tuples(
+            st.booleans(),  # text
+            st.one_of(st.text(max_size=300), st.text(alphabet="ab", min_size=200, max_size=70_000)),
+            st.lists(st.integers(0, 70_000), max_size=3),  # fragment cuts
+            st.booleans(),  # compressed
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_encode_frame_rsv1_output_inflates_in_wsproto(
+    frames_impl: ModuleType, messages: list[tuple[bool, str, list[int], bool]]
+) -> None:
+    """Compressed messages, fragmented or not, with RSV1 on the first frame only, mixed with
+    uncompressed messages (RSV1 clear, as RFC 7692 allows) and pings: wsproto's client with
+    permessage-deflate inflates them back."""
+    encode = frames_impl.encode_frame
+    compressor = zlib.compressobj(wbits=-15)  # the client keeps its context: so may we
+    data = b""
+    for text, content, cuts, compressed in messages:
+        payload = content.encode("utf-8")
+        body = _compressed(compressor, payload) if compressed else payload
+        bounds = [0, *sorted(min(cut, len(body)) for cut in cuts), len(body)]
+        pieces = [body[a:b] for a, b in itertools.pairwise(bounds)]
+        for i, piece in enumerate(pieces):
+            opcode = 0 if i else (frames_impl.OP_TEXT if text else frames_impl.OP_BINARY)
+            data += encode(opcode, piece, i == len(pieces) - 1, compressed and i == 0)
+        data += encode(frames_impl.OP_PING, b"between")
+
+    received: list[tuple[Opcode, Any]] = []
+    parts: list[Any] = []
+    for frame in parse_frames(data, deflate=True):
+        if frame.opcode is Opcode.PING:
+            received.append((frame.opcode, frame.payload))
+            continue
+        parts.append(frame.payload)
+        if frame.message_finished:
+            joined = "".join(parts) if isinstance(parts[0], str) else b"".join(parts)
+            received.append((frame.opcode, joined))
+            parts = []
+    expected: list[tuple[Opcode, Any]] = []
+    for text, content, _, _ in messages:
+        message = (Opcode.TEXT, content) if text else (Opcode.BINARY, content.encode("utf-8"))
+        expected += [message, (Opcode.PING, b"between")]
+    assert received == expected
 
 
 # encode_close ------------------------------------------------------------------------------

@@ -6,6 +6,14 @@ events after each chunk and fail on the same chunk with the same close code. The
 deliberate difference, the 1009 size limit, is kept out of those tests by a limit they never
 reach, and tested on its own. Behaviour tests take the ``frames_impl`` fixture and run once
 per implementation; the C-against-Python tests carry the ``c_extension`` marker.
+
+With ``deflate=True`` (permessage-deflate, RFC 7692) the oracle is wsproto with its
+``PerMessageDeflate`` extension, which inflates; our compressed events are inflated by the
+test before the comparison. It is the oracle only on streams of well-formed compressed data
+with no control frame between the fragments of a compressed message: wsproto inflates as
+the bytes arrive (so corrupt data fails earlier there than in our caller), and 1.3 drops the
+"compressed" state of a message at such a control frame. The rest is covered by behaviour
+tests and by C against Python on random streams.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import functools
 import itertools
 import random
 import sys
+import zlib
 from collections.abc import Iterable
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -21,6 +30,7 @@ from typing import Any, NamedTuple
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed, XorMaskerSimple
 
 from riverside_trio import _frames_py
@@ -34,6 +44,9 @@ PROPERTY = settings(
 NO_LIMIT = sys.maxsize  # a max_message_size the generated streams never reach
 KEY = b"\x37\xfa\x21\x3d"
 EV_TEXT, EV_BINARY, EV_CLOSE, EV_PING, EV_PONG = 1, 2, 8, 9, 10
+EV_TEXT_DEFLATED, EV_BINARY_DEFLATED = 3, 4
+RSV1 = 4  # the ``rsv`` argument of frame(): RSV1 is 4, RSV2 2, RSV3 1
+TAIL = b"\x00\x00\xff\xff"  # ends every compressed message; not sent (RFC 7692 7.2.1)
 MiB = 1 << 20
 
 Event = tuple[Any, ...]
@@ -86,6 +99,24 @@ def close_payload(code: int, reason: bytes = b"") -> bytes:
     return code.to_bytes(2, "big") + reason
 
 
+def compress(payload: bytes, compressor: Any = None) -> bytes:
+    """``payload`` as the compressed payload of one message: deflated, flushed, tail cut.
+
+    Pass the same ``compressor`` for messages of one stream to keep the context (the default
+    of RFC 7692); each message is compressed on its own otherwise.
+    """
+    if compressor is None:
+        compressor = zlib.compressobj(wbits=-15)
+    data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    assert data.endswith(TAIL)
+    return bytes(data[:-4])
+
+
+def inflate(payload: bytes) -> bytes:
+    """What the caller does with a compressed event's payload (one message, no context)."""
+    return zlib.decompressobj(-15).decompress(payload + TAIL)
+
+
 def split(data: bytes, cuts: Iterable[int]) -> list[bytes]:
     """``data`` cut at the given offsets (any order, repeats allowed: empty chunks)."""
     points = [0, *sorted(min(max(c, 0), len(data)) for c in cuts), len(data)]
@@ -122,9 +153,18 @@ def drive(parser: Any, chunks: Iterable[bytes]) -> Outcome:
     return per_chunk, None, sizes
 
 
-def oracle(chunks: Iterable[bytes]) -> tuple[list[list[Event]], int | None]:
-    """What wsproto's server-side parser makes of ``chunks``, as our events and close code."""
-    protocol = FrameProtocol(client=False, extensions=[])
+def oracle(
+    chunks: Iterable[bytes], *, deflate: bool = False
+) -> tuple[list[list[Event]], int | None]:
+    """What wsproto's server-side parser makes of ``chunks``, as our events and close code;
+    with ``deflate``, through its permessage-deflate extension (negotiated with the default
+    parameters: the client keeps its context), so compressed messages come out inflated."""
+    extensions = []
+    if deflate:
+        extension = PerMessageDeflate()
+        extension.finalize("permessage-deflate")
+        extensions.append(extension)
+    protocol = FrameProtocol(client=False, extensions=extensions)
     per_chunk: list[list[Event]] = []
     parts: list[Any] = []
     for chunk in chunks:
@@ -151,9 +191,30 @@ def oracle(chunks: Iterable[bytes]) -> tuple[list[list[Event]], int | None]:
     return per_chunk, None
 
 
-def parse_all(frames: ModuleType, data: bytes, max_size: int = NO_LIMIT) -> list[Event]:
+def inflated(per_chunk: list[list[Event]]) -> list[list[Event]]:
+    """Our events with compressed messages inflated in order, with one context for the whole
+    stream (as wsproto keeps it), as the events wsproto gives for them."""
+    decompressor = zlib.decompressobj(-15)
+    result: list[list[Event]] = []
+    for events in per_chunk:
+        row: list[Event] = []
+        for event in events:
+            if event[0] in (EV_TEXT_DEFLATED, EV_BINARY_DEFLATED):
+                data = decompressor.decompress(event[1] + TAIL)
+                if event[0] == EV_TEXT_DEFLATED:
+                    event = (EV_TEXT, data.decode("utf-8"))
+                else:
+                    event = (EV_BINARY, data)
+            row.append(event)
+        result.append(row)
+    return result
+
+
+def parse_all(
+    frames: ModuleType, data: bytes, max_size: int = NO_LIMIT, *, deflate: bool = False
+) -> list[Event]:
     """Every event of ``data`` fed at once; fails the test on a ProtocolError."""
-    parser = frames.FrameParser(max_size)
+    parser = frames.FrameParser(max_size, deflate=deflate)
     parser.feed(data)
     events = []
     while (event := parser.next_event()) is not None:
@@ -161,8 +222,10 @@ def parse_all(frames: ModuleType, data: bytes, max_size: int = NO_LIMIT) -> list
     return events
 
 
-def error_of(frames: ModuleType, data: bytes, max_size: int = NO_LIMIT) -> ProtocolError:
-    parser = frames.FrameParser(max_size)
+def error_of(
+    frames: ModuleType, data: bytes, max_size: int = NO_LIMIT, *, deflate: bool = False
+) -> ProtocolError:
+    parser = frames.FrameParser(max_size, deflate=deflate)
     parser.feed(data)
     with pytest.raises(ProtocolError) as info:
         while parser.next_event() is not None:
@@ -251,9 +314,9 @@ MUTATIONS = [None] * 14 + ["rsv", "unmasked", "fin", "opcode", "wide16", "wide64
 
 
 @st.composite
-def mutated(draw: st.DrawFn, spec: Spec) -> Spec:
+def mutated(draw: st.DrawFn, spec: Spec, mutations: list[str | None] = MUTATIONS) -> Spec:
     """``spec``, mostly unchanged, sometimes broken in one way."""
-    mutation = draw(st.sampled_from(MUTATIONS))
+    mutation = draw(st.sampled_from(mutations))
     size = len(spec.payload)
     if mutation == "rsv":
         return spec._replace(rsv=draw(st.integers(1, 7)))
@@ -292,13 +355,16 @@ def messages(draw: st.DrawFn) -> list[Spec]:
 
 
 @st.composite
-def control_frames(draw: st.DrawFn) -> Spec:
+def control_frames(draw: st.DrawFn, *, tame: bool = False) -> Spec:
     opcode = draw(st.sampled_from([EV_PING, EV_PONG, EV_CLOSE]))
     if opcode == EV_CLOSE and draw(st.integers(0, 2)):
         payload = draw(close_payloads)
+    elif tame:  # mostly valid: tame streams are for the messages between
+        payload = draw(st.binary(max_size=125))
     else:
         payload = draw(st.one_of(st.binary(max_size=125), st.binary(min_size=126, max_size=130)))
-    return draw(mutated(Spec(opcode, payload, key=draw(keys))))
+    spec = Spec(opcode, payload, key=draw(keys))
+    return draw(tamely_mutated(spec) if tame else mutated(spec))
 
 
 random_frames = st.builds(
@@ -324,6 +390,77 @@ def streams(draw: st.DrawFn) -> bytes:
             specs.extend(draw(messages()))
         elif kind == "control":
             specs.append(draw(control_frames()))
+        else:
+            specs.append(draw(random_frames))
+    data = b"".join(spec.encode() for spec in specs)
+    if data and draw(st.integers(0, 3)) == 0:
+        data = data[: draw(st.integers(0, len(data)))]
+    return data
+
+
+# Header-only breakage: wsproto fails on the same byte whether or not it inflates.
+TAME_MUTATIONS: list[str | None] = [None] * 60 + ["rsv", "unmasked", "wide16", "wide64", "msb"]
+WILD_MUTATIONS: list[str | None] = [None] * 30 + MUTATIONS  # fewer: more messages get through
+
+
+@st.composite
+def tamely_mutated(draw: st.DrawFn, spec: Spec) -> Spec:
+    """``spec``, mostly unchanged, sometimes broken in its header only: never with RSV1 alone
+    on the first frame of an uncompressed message, which wsproto would start inflating."""
+    mutation = draw(st.sampled_from(TAME_MUTATIONS))
+    if mutation == "rsv":
+        rsv = draw(st.integers(1, 7))
+        if rsv == RSV1 and spec.opcode in (EV_TEXT, EV_BINARY) and not spec.rsv:
+            rsv |= draw(st.integers(1, 3))  # RSV2 or RSV3 too: 1002 in both
+        return spec._replace(rsv=rsv)
+    return draw(mutated(spec, [mutation]))
+
+
+@st.composite
+def deflate_messages(draw: st.DrawFn, compressor: Any, *, wild: bool) -> list[Spec]:
+    """A message, compressed with ``compressor`` (RSV1 on its first fragment) or not, cut
+    into fragments at random bytes.
+
+    Tame (``wild=False``), for wsproto as the oracle: compressed text is valid UTF-8, no
+    control frame comes between the fragments of a compressed message, and frames are only
+    broken in their headers. Wild: anything, for C against Python.
+    """
+    opcode = draw(st.sampled_from([EV_TEXT, EV_BINARY]))
+    compressed = draw(st.sampled_from([True, True, False]))
+    if opcode == EV_TEXT:
+        content = draw(text_payloads if wild or not compressed else valid_text)
+    else:
+        content = draw(binary_payloads)
+    payload = compress(content, compressor) if compressed else content
+    pieces = split(payload, draw(st.lists(st.integers(0, len(payload)), max_size=4)))
+    specs = []
+    for i, piece in enumerate(pieces):
+        if i and (wild or not compressed) and draw(st.integers(0, 3)) == 0:
+            specs.append(draw(control_frames(tame=not wild)))
+        spec = Spec(
+            opcode if i == 0 else 0,
+            piece,
+            fin=i == len(pieces) - 1,
+            rsv=RSV1 if compressed and i == 0 else 0,
+            key=draw(keys),
+        )
+        specs.append(draw(mutated(spec, WILD_MUTATIONS) if wild else tamely_mutated(spec)))
+    return specs
+
+
+@st.composite
+def deflate_streams(draw: st.DrawFn, *, wild: bool) -> bytes:
+    """Compressed and uncompressed messages and control frames of one permessage-deflate
+    session (one compression context), sometimes cut short; see ``deflate_messages``."""
+    compressor = zlib.compressobj(wbits=-15)
+    kinds = ["message", "message", "control", *(["frame"] if wild else [])]
+    specs: list[Spec] = []
+    for _ in range(draw(st.integers(0, 5))):
+        kind = draw(st.sampled_from(kinds))
+        if kind == "message":
+            specs.extend(draw(deflate_messages(compressor, wild=wild)))
+        elif kind == "control":
+            specs.append(draw(control_frames(tame=not wild)))
         else:
             specs.append(draw(random_frames))
     data = b"".join(spec.encode() for spec in specs)
@@ -451,9 +588,11 @@ def test_close_codes_are_accepted_exactly_as_wsproto_accepts_them(
 # C against Python --------------------------------------------------------------------------
 
 
-def assert_same_in_c_and_python(frames_c: ModuleType, chunks: list[bytes], max_size: int) -> None:
-    c_outcome = drive(frames_c.FrameParser(max_size), chunks)
-    py_outcome = drive(_frames_py.FrameParser(max_size), chunks)
+def assert_same_in_c_and_python(
+    frames_c: ModuleType, chunks: list[bytes], max_size: int, *, deflate: bool = False
+) -> None:
+    c_outcome = drive(frames_c.FrameParser(max_size, deflate=deflate), chunks)
+    py_outcome = drive(_frames_py.FrameParser(max_size, deflate=deflate), chunks)
     assert c_outcome == py_outcome
 
 
@@ -477,6 +616,64 @@ def test_frame_streams_parse_the_same_in_c_and_python(
     frames_c: ModuleType, data: st.DataObject, stream: bytes, max_size: int
 ) -> None:
     assert_same_in_c_and_python(frames_c, data.draw(chunkings(stream)), max_size)
+
+
+@pytest.mark.c_extension
+@PROPERTY
+@given(data=st.data(), noise=st.binary(max_size=400), max_size=st.integers(0, 400))
+def test_random_bytes_parse_the_same_in_c_and_python_with_deflate(
+    frames_c: ModuleType, data: st.DataObject, noise: bytes, max_size: int
+) -> None:
+    assert_same_in_c_and_python(frames_c, data.draw(chunkings(noise)), max_size, deflate=True)
+
+
+@pytest.mark.c_extension
+@PROPERTY
+@given(
+    data=st.data(),
+    stream=st.one_of(deflate_streams(wild=True), streams()),
+    noise=st.one_of(st.just(b""), st.binary(max_size=40)),
+    max_size=st.one_of(st.integers(0, 300), st.integers(0, 70_000), st.just(NO_LIMIT)),
+)
+def test_frame_streams_parse_the_same_in_c_and_python_with_deflate(
+    frames_c: ModuleType, data: st.DataObject, stream: bytes, noise: bytes, max_size: int
+) -> None:
+    chunks = data.draw(chunkings(stream + noise))
+    assert_same_in_c_and_python(frames_c, chunks, max_size, deflate=True)
+
+
+# permessage-deflate against wsproto --------------------------------------------------------
+
+
+@PROPERTY
+@given(data=st.data(), stream=deflate_streams(wild=False))
+def test_deflate_streams_parse_as_wsproto_with_permessage_deflate_parses_them(
+    frames_impl: ModuleType, data: st.DataObject, stream: bytes
+) -> None:
+    chunks = data.draw(chunkings(stream))
+    events, error, _ = drive(frames_impl.FrameParser(NO_LIMIT, deflate=True), chunks)
+    expected_events, expected_code = oracle(chunks, deflate=True)
+    assert inflated(events) == expected_events
+    assert (error[0] if error else None) == expected_code
+
+
+@PROPERTY
+@given(data=st.data(), stream=streams())
+def test_deflate_changes_only_what_rsv1_means(
+    frames_impl: ModuleType, data: st.DataObject, stream: bytes
+) -> None:
+    """Up to the first frame with RSV1 alone, where the parser without deflate fails, a
+    stream parses the same with and without deflate."""
+    chunks = data.draw(chunkings(stream))
+    plain = drive(frames_impl.FrameParser(NO_LIMIT), chunks)
+    deflate = drive(frames_impl.FrameParser(NO_LIMIT, deflate=True), chunks)
+    if plain[1] != (1002, "reserved bits set"):
+        assert deflate == plain
+        return
+    failed = len(plain[0]) - 1  # the chunk it failed on
+    assert deflate[0][:failed] == plain[0][:failed]
+    assert deflate[0][failed][: len(plain[0][failed])] == plain[0][failed]
+    assert deflate[2][:failed] == plain[2]
 
 
 # The size limit ----------------------------------------------------------------------------
@@ -946,6 +1143,237 @@ def test_buffered_stays_bounded_while_a_message_streams_in(frames_impl: ModuleTy
     assert parser.buffered == 0
 
 
+# permessage-deflate (RFC 7692) ------------------------------------------------------------
+
+DEFLATE_CONTENTS = ["", "x", "hello, deflate " * 40, "é€😀" * 3000]
+
+
+@pytest.mark.parametrize("opcode", [EV_TEXT, EV_BINARY], ids=["text", "binary"])
+@pytest.mark.parametrize("content", DEFLATE_CONTENTS, ids=["empty", "1", "repeated", "unicode"])
+def test_compressed_message_gives_its_compressed_bytes_unmasked(
+    frames_impl: ModuleType, opcode: int, content: str
+) -> None:
+    payload = content.encode("utf-8")
+    body = compress(payload)
+    data = frame(opcode, body, rsv=RSV1)
+    expected = (opcode + 2, body)  # EV_TEXT_DEFLATED, EV_BINARY_DEFLATED
+    assert parse_all(frames_impl, data, deflate=True) == [expected]
+    events, error, sizes = drive(
+        frames_impl.FrameParser(NO_LIMIT, deflate=True), [data[i : i + 1] for i in range(len(data))]
+    )
+    assert error is None
+    assert [event for chunk in events for event in chunk] == [expected]
+    assert sizes[-1] == 0
+    event = parse_all(frames_impl, data, deflate=True)[0]
+    assert type(event[1]) is bytes
+    assert inflate(event[1]) == payload
+
+
+@pytest.mark.parametrize("opcode", [EV_TEXT, EV_BINARY], ids=["text", "binary"])
+def test_fragmented_compressed_message_joins_its_compressed_fragments(
+    frames_impl: ModuleType, opcode: int
+) -> None:
+    payload = ("fragmented and compressed " * 300 + "é😀").encode()
+    body = compress(payload)
+    pieces = split(body, [0, 1, 5, len(body) // 2, len(body) - 1])  # an empty first fragment
+    data = b"".join(
+        frame(
+            0 if i else opcode,
+            piece,
+            fin=i == len(pieces) - 1,
+            rsv=0 if i else RSV1,  # RSV1 on the first fragment only
+            key=bytes((i, 9, 8, 7)),
+        )
+        for i, piece in enumerate(pieces)
+    )
+    for step in (1, 3, 64, len(data)):
+        chunks = [data[i : i + step] for i in range(0, len(data), step)]
+        events, error, _ = drive(frames_impl.FrameParser(NO_LIMIT, deflate=True), chunks)
+        assert error is None
+        assert [event for chunk in events for event in chunk] == [(opcode + 2, body)]
+    assert inflate(body) == payload
+    assert inflated(oracle([data], deflate=True)[0]) == inflated([[(opcode + 2, body)]])
+
+
+@pytest.mark.parametrize("chunk", [MiB + 100, 65536])
+@pytest.mark.parametrize("fragments", [1, 16])
+def test_compressed_mebibyte_message(frames_impl: ModuleType, chunk: int, fragments: int) -> None:
+    body = compress(_seeded(MiB, 2))  # incompressible: a bit over a mebibyte
+    step = -(-len(body) // fragments)
+    pieces = [body[i : i + step] for i in range(0, len(body), step)]
+    data = b"".join(
+        frame(0 if i else EV_BINARY, piece, fin=i == len(pieces) - 1, rsv=0 if i else RSV1)
+        for i, piece in enumerate(pieces)
+    )
+    chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)]
+    events, error, sizes = drive(frames_impl.FrameParser(len(body), deflate=True), chunks)
+    assert error is None
+    assert [event for chunk in events for event in chunk] == [(EV_BINARY_DEFLATED, body)]
+    assert sizes[-1] == 0
+
+
+@pytest.mark.parametrize("first_rsv", [RSV1, 0], ids=["compressed", "uncompressed"])
+def test_rsv1_on_a_continuation_frame_fails_with_1002(
+    frames_impl: ModuleType, first_rsv: int
+) -> None:
+    body = compress(b"abcdef")
+    data = frame(EV_TEXT, body[:3], fin=False, rsv=first_rsv) + frame(0, body[3:], rsv=RSV1)
+    error = error_of(frames_impl, data, deflate=True)
+    assert (error.code, error.reason) == (1002, "RSV1 set on a continuation frame")
+    assert oracle([data], deflate=True)[1] == 1002
+    # Without a message in progress too, on its header alone: before any payload byte.
+    error = error_of(frames_impl, frame(0, b"x", rsv=RSV1)[:6], deflate=True)
+    assert (error.code, error.reason) == (1002, "RSV1 set on a continuation frame")
+
+
+@pytest.mark.parametrize("opcode", [EV_PING, EV_PONG, EV_CLOSE])
+@pytest.mark.parametrize("inside", [False, True], ids=["between", "inside-compressed"])
+def test_rsv1_on_a_control_frame_fails_with_1002(
+    frames_impl: ModuleType, opcode: int, inside: bool
+) -> None:
+    before = frame(EV_BINARY, compress(b"abc"), fin=False, rsv=RSV1) if inside else b""
+    payload = close_payload(1000) if opcode == EV_CLOSE else b"hi"
+    data = before + frame(opcode, payload, rsv=RSV1)
+    error = error_of(frames_impl, data, deflate=True)
+    assert (error.code, error.reason) == (1002, "RSV1 set on a control frame")
+    assert oracle([data], deflate=True)[1] == 1002
+
+
+def test_rsv1_without_deflate_fails_with_1002(frames_impl: ModuleType) -> None:
+    data = frame(EV_TEXT, compress(b"hello"), rsv=RSV1)
+    for error in (error_of(frames_impl, data), error_of(frames_impl, data, deflate=False)):
+        assert (error.code, error.reason) == (1002, "reserved bits set")
+    assert oracle([data]) == ([[]], 1002)
+
+
+@pytest.mark.parametrize("rsv", [1, 2, 3, 5, 6, 7])
+def test_rsv2_and_rsv3_fail_with_1002_with_deflate(frames_impl: ModuleType, rsv: int) -> None:
+    for before, opcode in [
+        (b"", EV_TEXT),
+        (b"", EV_BINARY),
+        (b"", EV_PING),
+        (frame(EV_TEXT, b"", fin=False), 0),
+        (frame(EV_TEXT, b"", fin=False, rsv=RSV1), 0),
+    ]:
+        data = before + frame(opcode, b"x", rsv=rsv)
+        error = error_of(frames_impl, data, deflate=True)
+        assert (error.code, error.reason) == (1002, "reserved bits set")
+        assert oracle([data], deflate=True)[1] == 1002
+
+
+@pytest.mark.parametrize("bad", BAD_UTF8)
+def test_invalid_utf8_in_a_compressed_text_message_is_left_to_the_caller(
+    frames_impl: ModuleType, bad: bytes
+) -> None:
+    payload = "ok é ".encode() + bad + b" more"
+    body = compress(payload)
+    single = frame(EV_TEXT, body, rsv=RSV1)
+    fragmented = frame(EV_TEXT, body[:2], fin=False, rsv=RSV1) + frame(0, body[2:])
+    for data in (single, fragmented):
+        assert parse_all(frames_impl, data, deflate=True) == [(EV_TEXT_DEFLATED, body)]
+    assert inflate(body) == payload
+    # Nor is data that does not even inflate: the caller finds out (1007).
+    data = frame(EV_TEXT, b"\xff" * 10, fin=False, rsv=RSV1) + frame(0, bad)
+    assert parse_all(frames_impl, data, deflate=True) == [(EV_TEXT_DEFLATED, b"\xff" * 10 + bad)]
+    # Uncompressed text in the same session is checked as ever.
+    error = error_of(frames_impl, frame(EV_TEXT, payload), deflate=True)
+    assert (error.code, error.reason) == (1007, "invalid UTF-8 in text message")
+
+
+def test_compressed_and_uncompressed_messages_mix_in_one_session(frames_impl: ModuleType) -> None:
+    compressor = zlib.compressobj(wbits=-15)  # the client keeps its context
+    hello = compress(b"hello " * 40, compressor)
+    again = compress(b"hello " * 40, compressor)
+    empty = compress(b"", compressor)
+    assert len(again) < len(hello)  # it refers back to the first message
+    data = b"".join(
+        [
+            frame(EV_TEXT, hello, rsv=RSV1),
+            frame(EV_TEXT, "plain é".encode()),
+            frame(EV_BINARY, again[:3], fin=False, rsv=RSV1),
+            frame(0, again[3:]),
+            frame(EV_BINARY, b"\x00raw", fin=False),
+            frame(EV_PING, b"p"),
+            frame(0, b"\x01"),
+            frame(EV_TEXT, empty, rsv=RSV1),
+            frame(EV_TEXT, b""),
+            frame(EV_CLOSE, close_payload(1000)),
+        ]
+    )
+    events = parse_all(frames_impl, data, deflate=True)
+    assert events == [
+        (EV_TEXT_DEFLATED, hello),
+        (EV_TEXT, "plain é"),
+        (EV_BINARY_DEFLATED, again),
+        (EV_PING, b"p"),
+        (EV_BINARY, b"\x00raw\x01"),
+        (EV_TEXT_DEFLATED, empty),
+        (EV_TEXT, ""),
+        (EV_CLOSE, 1000, ""),
+    ]
+    expected = [
+        (EV_TEXT, "hello " * 40),
+        (EV_TEXT, "plain é"),
+        (EV_BINARY, b"hello " * 40),
+        (EV_PING, b"p"),
+        (EV_BINARY, b"\x00raw\x01"),
+        (EV_TEXT, ""),
+        (EV_TEXT, ""),
+        (EV_CLOSE, 1000, ""),
+    ]
+    assert inflated([events]) == [expected]
+    assert oracle([data], deflate=True) == ([expected], None)
+
+
+def test_control_frames_between_compressed_fragments_come_out_at_once(
+    frames_impl: ModuleType,
+) -> None:
+    """wsproto 1.3 fails this stream with 1007: a control frame makes it forget that the
+    message is compressed, and it takes the next fragment as plain text."""
+    text = "interleaved " * 100
+    body = compress(text.encode())
+    first, second, third = split(body, [10, 20])
+    parser = frames_impl.FrameParser(NO_LIMIT, deflate=True)
+    parser.feed(frame(EV_TEXT, first, fin=False, rsv=RSV1) + frame(EV_PING, b"1"))
+    assert parser.next_event() == (EV_PING, b"1")
+    assert parser.next_event() is None
+    parser.feed(frame(0, second, fin=False) + frame(EV_PONG, b"2") + frame(0, third))
+    assert parser.next_event() == (EV_PONG, b"2")
+    assert parser.next_event() == (EV_TEXT_DEFLATED, body)
+    assert parser.next_event() is None
+    assert inflate(body).decode() == text
+    # A close frame there ends it all, as without compression.
+    parser = frames_impl.FrameParser(NO_LIMIT, deflate=True)
+    parser.feed(frame(EV_TEXT, first, fin=False, rsv=RSV1) + frame(EV_CLOSE) + frame(0, second))
+    assert parser.next_event() == (EV_CLOSE, 1005, "")
+    assert parser.next_event() is None
+    assert parser.buffered == 0
+
+
+def test_compressed_frame_inside_a_message_fails_as_an_uncompressed_one(
+    frames_impl: ModuleType,
+) -> None:
+    body = compress(b"second")
+    for first_rsv in (0, RSV1):
+        data = frame(EV_TEXT, b"a", fin=False, rsv=first_rsv) + frame(EV_TEXT, body, rsv=RSV1)
+        error = error_of(frames_impl, data, deflate=True)
+        assert (error.code, error.reason) == (1002, "expected a continuation frame")
+
+
+def test_size_limit_counts_compressed_bytes_from_the_header_on(frames_impl: ModuleType) -> None:
+    payload = b"a" * 100_000
+    body = compress(payload)
+    assert 10 < len(body) < 125
+    single = frame(EV_BINARY, body, rsv=RSV1)
+    assert parse_all(frames_impl, single, len(body), deflate=True) == [(EV_BINARY_DEFLATED, body)]
+    error = error_of(frames_impl, single[:6], len(body) - 1, deflate=True)  # header and key
+    assert (error.code, error.reason) == (1009, "message too big")
+    fragmented = frame(EV_TEXT, body[:10], fin=False, rsv=RSV1) + frame(0, body[10:])
+    assert parse_all(frames_impl, fragmented, len(body), deflate=True) == [(EV_TEXT_DEFLATED, body)]
+    error = error_of(frames_impl, fragmented[:22], len(body) - 1, deflate=True)
+    assert (error.code, error.reason) == (1009, "message too big")
+
+
 # API ---------------------------------------------------------------------------------------
 
 
@@ -992,3 +1420,21 @@ def test_event_constants_are_the_opcodes(frames_impl: ModuleType) -> None:
     constants += [frames_impl.EV_PING, frames_impl.EV_PONG]
     assert constants == [EV_TEXT, EV_BINARY, EV_CLOSE, EV_PING, EV_PONG]
     assert constants == [int(op) for op in (Opcode.TEXT, Opcode.BINARY, Opcode.CLOSE)] + [9, 10]
+
+
+def test_compressed_event_constants_follow_the_data_events(frames_impl: ModuleType) -> None:
+    # The connection tells them apart with ``kind <= EV_BINARY``, then ``<= EV_BINARY_DEFLATED``.
+    assert (frames_impl.EV_TEXT_DEFLATED, frames_impl.EV_BINARY_DEFLATED) == (3, 4)
+    assert frames_impl.EV_BINARY < frames_impl.EV_TEXT_DEFLATED
+    assert frames_impl.EV_BINARY_DEFLATED < frames_impl.EV_CLOSE
+
+
+def test_deflate_is_keyword_only(frames_impl: ModuleType) -> None:
+    with pytest.raises(TypeError):
+        frames_impl.FrameParser(10, True)
+    data = frame(EV_TEXT, b"x", rsv=RSV1)
+    for value in (1, "yes", [0]):  # any truth value, as a C ``bint``
+        assert parse_all(frames_impl, data, deflate=value) == [(EV_TEXT_DEFLATED, b"x")]
+    for value in (0, "", None):
+        error = error_of(frames_impl, data, deflate=value)
+        assert (error.code, error.reason) == (1002, "reserved bits set")

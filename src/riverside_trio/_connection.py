@@ -33,14 +33,15 @@ import structlog
 import trio
 from trio.lowlevel import ParkingLot, checkpoint, wait_readable, wait_writable
 
-from . import frames as _frames
 from ._deflate import Inflater
 from .errors import CloseConnection, ConnectionClosed, ProtocolError
 from .frames import (
     EV_BINARY,
+    EV_BINARY_DEFLATED,
     EV_PING,
     EV_PONG,
     EV_TEXT,
+    EV_TEXT_DEFLATED,
     OP_PING,
     OP_PONG,
     PUSH_FULL,
@@ -52,9 +53,6 @@ from .frames import (
     encode_frame,
 )
 from .handler import AuthRequest, ControlFrame, TaskFailed, TaskResult, TerminateReason
-
-EV_TEXT_DEFLATED = getattr(_frames, "EV_TEXT_DEFLATED", 3)  # TEMP until the parser has them
-EV_BINARY_DEFLATED = getattr(_frames, "EV_BINARY_DEFLATED", 4)
 
 if TYPE_CHECKING:
     from ._core import Core

@@ -122,4 +122,6 @@ class Inflater:
         if len(data) > self._max or d.unconsumed_tail:
             self._d = None
             raise ProtocolError(1009, "message too big")
+        if d.eof:  # the client ended its deflate stream (a final block): start afresh
+            self._d = None
         return data

@@ -21,12 +21,17 @@ PUSH_CLOSED: Final[int]
 
 EV_TEXT: Final[int]
 EV_BINARY: Final[int]
+EV_TEXT_DEFLATED: Final[int]
+EV_BINARY_DEFLATED: Final[int]
 EV_CLOSE: Final[int]
 EV_PING: Final[int]
 EV_PONG: Final[int]
 
 def encode_frame(
-    opcode: int, payload: bytes | bytearray | memoryview, fin: bool = True
+    opcode: int,
+    payload: bytes | bytearray | memoryview,
+    fin: bool = True,
+    rsv1: bool = False,
 ) -> bytes: ...
 def encode_close(code: int | None = None, reason: str = "") -> bytes: ...
 
@@ -73,7 +78,7 @@ def fan_out(outboxes: Iterable[Outbox], frame: bytes, full: list[Outbox]) -> int
 
 @final
 class FrameParser:
-    def __init__(self, max_message_size: int) -> None: ...
+    def __init__(self, max_message_size: int, *, deflate: bool = False) -> None: ...
     @property
     def buffered(self) -> int: ...
     def feed(self, data: bytes | bytearray | memoryview) -> None: ...

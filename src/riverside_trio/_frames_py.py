@@ -20,10 +20,12 @@ from typing import Any, Final, final
 
 __all__ = [
     "EV_BINARY",
+    "EV_BINARY_DEFLATED",
     "EV_CLOSE",
     "EV_PING",
     "EV_PONG",
     "EV_TEXT",
+    "EV_TEXT_DEFLATED",
     "OP_BINARY",
     "OP_CLOSE",
     "OP_CONTINUATION",
@@ -109,13 +111,20 @@ def _header(first: int, length: int) -> bytes:
     return _pack_long(first, 127, length)
 
 
-def encode_frame(opcode: int, payload: bytes | bytearray | memoryview, fin: bool = True) -> bytes:
-    """Encode one server-to-client frame (unmasked, RSV bits clear).
+def encode_frame(
+    opcode: int,
+    payload: bytes | bytearray | memoryview,
+    fin: bool = True,
+    rsv1: bool = False,
+) -> bytes:
+    """Encode one server-to-client frame (unmasked, RSV2 and RSV3 clear).
 
     Args:
         opcode: One of the ``OP_*`` constants.
         payload: The payload, any C-contiguous buffer; it is copied.
         fin: Whether this is the final fragment of its message.
+        rsv1: Set RSV1, which marks a compressed message under permessage-deflate
+            (RFC 7692); only on the first frame of a text or binary message.
 
     Returns:
         The header followed by the payload.
@@ -123,8 +132,8 @@ def encode_frame(opcode: int, payload: bytes | bytearray | memoryview, fin: bool
     Raises:
         TypeError: ``opcode`` is not an integer, or ``payload`` is not a buffer (``str``).
         BufferError: ``payload`` is not C-contiguous.
-        ValueError: Unknown opcode, or a control frame (close, ping, pong) with a payload
-            over 125 bytes or ``fin=False``.
+        ValueError: Unknown opcode, a control frame (close, ping, pong) with a payload
+            over 125 bytes or ``fin=False``, or ``rsv1`` on a control or continuation frame.
     """
     op = _opcode(opcode)
     if type(payload) is bytes:
@@ -135,13 +144,19 @@ def encode_frame(opcode: int, payload: bytes | bytearray | memoryview, fin: bool
             raise BufferError("memoryview: underlying buffer is not C-contiguous")
         length = view.nbytes
         payload = view
-    final_bit = 0x80 if fin else 0
-    if op >= 0x8 and (length > _MAX_CONTROL_PAYLOAD or not final_bit):
+    first = (0x80 if fin else 0) | op
+    if op >= 0x8 and (length > _MAX_CONTROL_PAYLOAD or not first & 0x80):
         raise ValueError(
             "control frames must be final and carry at most 125 bytes "
             f"(opcode {op:#x}, {length} bytes, fin={bool(fin)})"
         )
-    return _header(final_bit | op, length) + payload
+    if rsv1:
+        if op == 0x0 or op >= 0x8:
+            raise ValueError(
+                f"RSV1 is for the first frame of a text or binary message only (opcode {op:#x})"
+            )
+        first |= 0x40
+    return _header(first, length) + payload
 
 
 def encode_close(code: int | None = None, reason: str = "") -> bytes:
@@ -529,4 +544,13 @@ def fan_out(outboxes: Iterable[Outbox], frame: bytes, full: list[Outbox]) -> int
 
 
 # The incoming frame parser lives in its own module; it uses _as_ssize from above.
-from ._parser_py import EV_BINARY, EV_CLOSE, EV_PING, EV_PONG, EV_TEXT, FrameParser  # noqa: E402
+from ._parser_py import (  # noqa: E402
+    EV_BINARY,
+    EV_BINARY_DEFLATED,
+    EV_CLOSE,
+    EV_PING,
+    EV_PONG,
+    EV_TEXT,
+    EV_TEXT_DEFLATED,
+    FrameParser,
+)

@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Literal
 
 __all__ = [
     "EV_BINARY",
+    "EV_BINARY_DEFLATED",
     "EV_CLOSE",
     "EV_PING",
     "EV_PONG",
     "EV_TEXT",
+    "EV_TEXT_DEFLATED",
     "IMPLEMENTATION",
     "OP_BINARY",
     "OP_CLOSE",
@@ -40,13 +42,15 @@ IMPLEMENTATION: Literal["c", "python"]
 
 _NO_EXTENSIONS = os.environ.get("RIVERSIDE_NO_EXTENSIONS", "") not in ("", "0")
 
-if TYPE_CHECKING or _NO_EXTENSIONS:
+if TYPE_CHECKING:
     from ._frames_py import (
         EV_BINARY,
+        EV_BINARY_DEFLATED,
         EV_CLOSE,
         EV_PING,
         EV_PONG,
         EV_TEXT,
+        EV_TEXT_DEFLATED,
         OP_BINARY,
         OP_CLOSE,
         OP_CONTINUATION,
@@ -67,55 +71,15 @@ if TYPE_CHECKING or _NO_EXTENSIONS:
 
     IMPLEMENTATION = "python"
 else:
-    try:
-        from ._frames_c import (
-            EV_BINARY,
-            EV_CLOSE,
-            EV_PING,
-            EV_PONG,
-            EV_TEXT,
-            OP_BINARY,
-            OP_CLOSE,
-            OP_CONTINUATION,
-            OP_PING,
-            OP_PONG,
-            OP_TEXT,
-            PUSH_CLOSED,
-            PUSH_FULL,
-            PUSH_QUEUED,
-            PUSH_SENT,
-            FrameParser,
-            Outbox,
-            TokenBucket,
-            encode_close,
-            encode_frame,
-            fan_out,
-        )
+    from importlib import import_module
 
-        IMPLEMENTATION = "c"
-    except ImportError:  # not built: no C compiler, RIVERSIDE_BUILD_EXTENSIONS=0, ...
-        from ._frames_py import (
-            EV_BINARY,
-            EV_CLOSE,
-            EV_PING,
-            EV_PONG,
-            EV_TEXT,
-            OP_BINARY,
-            OP_CLOSE,
-            OP_CONTINUATION,
-            OP_PING,
-            OP_PONG,
-            OP_TEXT,
-            PUSH_CLOSED,
-            PUSH_FULL,
-            PUSH_QUEUED,
-            PUSH_SENT,
-            FrameParser,
-            Outbox,
-            TokenBucket,
-            encode_close,
-            encode_frame,
-            fan_out,
-        )
+    def _load() -> tuple[object, str]:
+        if not _NO_EXTENSIONS:
+            try:
+                return import_module("._frames_c", __package__), "c"
+            except ImportError:  # not built: no C compiler, RIVERSIDE_BUILD_EXTENSIONS=0, ...
+                pass
+        return import_module("._frames_py", __package__), "python"
 
-        IMPLEMENTATION = "python"
+    _impl, IMPLEMENTATION = _load()
+    globals().update({name: getattr(_impl, name) for name in __all__ if name != "IMPLEMENTATION"})
