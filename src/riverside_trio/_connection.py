@@ -1,22 +1,25 @@
-"""One WebSocket connection: the reader, the outbox and its writer, the callbacks.
+"""One WebSocket connection: its state, the outbox and its writer, callbacks, closing.
 
-The rules of a connection, all in this file:
+The rules of a connection (reading is in ``_reader.py``, infos and names in
+``_mailbox.py``, both mixed into :class:`Connection`):
 
 - One task per connection reads: it drains everything the socket has (a non-blocking
   ``recv`` first, parking on ``wait_readable`` only when the kernel says EAGAIN), feeds it
   to the compiled frame parser, and runs ``init`` / ``handle_message`` / ``terminate``.
 - Outgoing frames go through the connection's :class:`~riverside_trio.frames.Outbox`:
   written to the socket at once when nothing is queued, else queued (bounded by
-  ``outbox_size`` and ``outbox_bytes``) for the writer task, which joins everything
-  pending into one send. A full outbox sheds the connection: close 1008 ``slow_consumer``.
+  ``outbox_size`` and ``outbox_bytes``) for a writer task, started only when something
+  is queued and ending when the queue is empty. A full outbox applies ``outbox_policy``:
+  close 1008 ``slow_consumer``, or drop the oldest or the newest message.
 - ``handle_info`` runs in a short-lived task started when something is posted; a gate
   keeps it from overlapping ``handle_message``, ``init`` and ``terminate``.
-- Closing: the first close wins and fixes the TerminateReason. After our close frame is
-  out, data messages are dropped until the client's close frame arrives; the server then
-  closes TCP. A client that does not answer within ``close_timeout`` is cut off. A
-  protocol violation sends its close code and closes TCP without waiting.
+- Closing: the first close wins and fixes the TerminateReason; the connection leaves every
+  delivery group at once. After our close frame is out, data messages are dropped until the
+  client's close frame arrives; the server then closes TCP. A client that does not answer
+  within ``close_timeout`` is cut off. A protocol violation sends its close code and closes
+  TCP without waiting.
 - Timers (idle, age, keepalive, close timeout) are checked by the server's sweeper, so an
-  idle connection costs two parked tasks and no timer of its own.
+  idle connection costs one parked task and no timer of its own.
 - ``terminate(reason)`` runs exactly once, shielded and time-boxed, after the reader ends.
 """
 
@@ -26,24 +29,18 @@ import contextlib
 import math
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
-from trio.lowlevel import ParkingLot, checkpoint, wait_readable, wait_writable
+from trio.lowlevel import ParkingLot, checkpoint, wait_writable
 
 from ._deflate import Inflater
-from .errors import CloseConnection, ConnectionClosed, ProtocolError
+from ._mailbox import Mailbox
+from ._reader import READS_PER_CHECKPOINT, Reader
+from .errors import CloseConnection, ConnectionClosed
 from .frames import (
-    EV_BINARY,
-    EV_BINARY_DEFLATED,
-    EV_PING,
-    EV_PONG,
-    EV_TEXT,
-    EV_TEXT_DEFLATED,
     OP_PING,
-    OP_PONG,
     PUSH_FULL,
     PUSH_QUEUED,
     FrameParser,
@@ -52,23 +49,17 @@ from .frames import (
     encode_close,
     encode_frame,
 )
-from .handler import AuthRequest, ControlFrame, TaskFailed, TaskResult, TerminateReason
+from .handler import AuthRequest, TerminateReason
 
 if TYPE_CHECKING:
     from ._core import Core
-    from .server import Server
 
 __all__ = ["Connection"]
 
 log = structlog.get_logger("riverside_trio.connection")
 
-RECV_SIZE = 65536
-# Reads without a park before the reader yields to the scheduler anyway (fairness).
-READS_PER_CHECKPOINT = 16
-_SKIP = object()  # a message that was counted but goes no further
 
-
-class Connection:
+class Connection(Reader, Mailbox):
     """An open WebSocket connection, as handler callbacks receive it.
 
     Every method is synchronous and never blocks: deliveries are encoded once and written
@@ -134,17 +125,15 @@ class Connection:
         self._channels: set[str] | None = None  # made on the first join
         self._names: set[str] | None = None
         self._groups: set[str] | None = None
-        if cfg.outbox_policy == "drop_oldest":
-            self._outbox = Outbox(
-                sock, cfg.outbox_size, cfg.outbox_bytes, self._wake_writer, drop_oldest=True
-            )
-        else:
-            self._outbox = Outbox(sock, cfg.outbox_size, cfg.outbox_bytes, self._wake_writer)
+        self._outbox = Outbox(
+            sock,
+            cfg.outbox_size,
+            cfg.outbox_bytes,
+            self._wake_writer,
+            drop_oldest=cfg.outbox_policy == "drop_oldest",
+        )
         self._deflate = deflate
-        if deflate is None:
-            self._parser = FrameParser(cfg.max_message_size)
-        else:
-            self._parser = FrameParser(cfg.max_message_size, deflate=True)
+        self._parser = FrameParser(cfg.max_message_size, deflate=deflate is not None)
         if leftover:
             self._parser.feed(leftover)
         now = trio.current_time()
@@ -254,111 +243,6 @@ class Connection:
     def leave_channel(self, channel: str) -> bool:
         """Leave ``channel``; returns False if the connection was not a member."""
         return self._core.registry.leave(self, channel)
-
-    @property
-    def server(self) -> Server:
-        """The server this connection belongs to (delivery and infos to anyone)."""
-        assert self._core.server is not None
-        return self._core.server
-
-    @property
-    def names(self) -> frozenset[str]:
-        """The unique names this connection holds."""
-        return frozenset(self._names or ())
-
-    @property
-    def groups(self) -> frozenset[str]:
-        """The groups this connection is a member of."""
-        return frozenset(self._groups or ())
-
-    def register_name(self, name: str) -> None:
-        """Hold the unique ``name``: ``server.send_info(name, info)`` reaches this connection.
-
-        The name is freed when the connection closes. Registering a name this connection
-        holds already does nothing.
-
-        Raises:
-            NameInUseError: another connection holds ``name``.
-            ConnectionClosed: this connection is closing or closed.
-        """
-        self._check_member_name(name, "name")
-        self._core.registry.register_name(self, name)
-
-    def unregister_name(self, name: str) -> bool:
-        """Free ``name``; False if this connection did not hold it."""
-        return self._core.registry.unregister_name(self, name)
-
-    def join_group(self, group: str) -> bool:
-        """Join ``group``: ``server.publish(group, info)`` reaches this connection's
-        ``handle_info``. Returns False if it was a member already.
-
-        Raises:
-            ConnectionClosed: this connection is closing or closed.
-        """
-        self._check_member_name(group, "group")
-        return self._core.registry.join_group(self, group)
-
-    def leave_group(self, group: str) -> bool:
-        """Leave ``group``; False if this connection was not a member."""
-        return self._core.registry.leave_group(self, group)
-
-    def _check_member_name(self, value: object, what: str) -> None:
-        if not isinstance(value, str) or not value:
-            raise TypeError(f"{what} must be a non-empty str, got {value!r}")
-        if self._close_sent or self._outbox.closed:
-            raise ConnectionClosed(*self._closed_args())
-
-    def send_info(self, info: Any) -> None:
-        """Post ``info`` to this connection's ``Handler.handle_info``.
-
-        It runs after the callback in progress, never overlapping it. The mailbox holds up
-        to ``outbox_size`` infos; past that ``outbox_policy`` applies. Posting to a closed
-        connection does nothing.
-        """
-        self._post_info(info)
-
-    def start_task(self, fn: Callable[..., Awaitable[Any]], *args: Any, name: str = "") -> None:
-        """Run ``await fn(*args)`` as a child task of this connection.
-
-        Its return value arrives in ``handle_info`` as :class:`TaskResult`, an exception as
-        :class:`TaskFailed` (logged too). The task is cancelled when the connection ends.
-
-        Raises:
-            ConnectionClosed: this connection is closing or closed.
-        """
-        if self._nursery is None or self._close_sent:
-            raise ConnectionClosed(*self._closed_args())
-        self._nursery.start_soon(self._child, fn, args, name or getattr(fn, "__name__", "task"))
-
-    async def _child(self, fn: Callable[..., Awaitable[Any]], args: Any, name: str) -> None:
-        try:
-            value = await fn(*args)
-        except Exception as exc:
-            log.exception("task_failed", task=name, user_id=self.user_id)
-            self._post_info(TaskFailed(name, exc))
-        else:
-            self._post_info(TaskResult(name, value))
-
-    def _post_info(self, info: Any) -> int:
-        """Queue ``info`` for handle_info; 1 if queued (or queued after dropping), else 0."""
-        if self._outbox.closed or self._nursery is None or self._close_sent:
-            return 0
-        infos = self._infos
-        if infos is None:
-            infos = self._infos = deque()
-        elif len(infos) >= self._core.config.outbox_size:
-            policy = self._core.config.outbox_policy
-            if policy == "drop_oldest":
-                infos.popleft()
-                self._dropped()
-            else:
-                self._overflow()
-                return 0
-        infos.append(info)
-        if not self._info_task:
-            self._info_task = True
-            self._nursery.start_soon(self._run_infos)
-        return 1
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake with ``code`` and ``reason``; ``terminate`` follows.
@@ -484,162 +368,6 @@ class Connection:
                 timeout=core.config.terminate_timeout,
             )
 
-    # ------------------------------------------------------------------ reading
-
-    async def _read_loop(self) -> None:
-        """Read, parse and dispatch until the connection is over.
-
-        Awaits as little as it can: ``recv`` is tried first and the task parks on
-        ``wait_readable`` only when the previous read drained the socket (it returned less
-        than it asked for) or the kernel said EAGAIN; after ``READS_PER_CHECKPOINT`` reads
-        without a park it yields to the scheduler anyway.
-        """
-        sock = self._sock
-        recv = sock.recv
-        parser = self._parser
-        next_event = parser.next_event
-        feed = parser.feed
-        metrics = self._core.metrics
-        handle_message = self._core.handler.handle_message
-        drained = not parser.buffered  # nothing came with the handshake: wait for data
-        reads = 0
-        while True:
-            # Dispatch every complete event the parser has.
-            try:
-                while (event := next_event()) is not None:
-                    kind = event[0]
-                    if kind <= EV_BINARY:  # EV_TEXT, EV_BINARY
-                        if self._close_sent:
-                            continue  # closing: data is dropped until the client's close
-                        msg = self._accept_message(kind == EV_TEXT, event[1])
-                        if msg is not _SKIP:
-                            await self._callback(handle_message, msg, self)
-                    elif kind <= EV_BINARY_DEFLATED:  # a compressed message
-                        if self._close_sent:
-                            continue
-                        text = kind == EV_TEXT_DEFLATED
-                        msg = self._accept_message(text, self._inflate(event[1], text))
-                        if msg is not _SKIP:
-                            await self._callback(handle_message, msg, self)
-                    elif kind == EV_PING:
-                        metrics.incoming_control["ping"] += 1
-                        if not self._close_sent:
-                            self._push_ping_or_pong(encode_frame(OP_PONG, event[1]))
-                        if self._core.wants_control:
-                            await self._control("ping", event[1])
-                    elif kind == EV_PONG:
-                        metrics.incoming_control["pong"] += 1
-                        self._ping_sent_at = None
-                        if self._core.wants_control:
-                            await self._control("pong", event[1])
-                    else:
-                        metrics.incoming_control["close"] += 1
-                        self._on_close(event[1], event[2])
-                        return
-            except ProtocolError as exc:
-                kind_ = "message_too_big" if exc.code == 1009 else "protocol_error"
-                self._fail(exc.code, exc.reason, kind_)
-                return
-            # Read more.
-            while True:
-                if drained:
-                    reads = 0
-                    await wait_readable(sock)
-                elif reads >= READS_PER_CHECKPOINT:
-                    reads = 0
-                    await checkpoint()
-                try:
-                    data = recv(RECV_SIZE)
-                except BlockingIOError:
-                    drained = True
-                    continue
-                except OSError:
-                    self._lost()
-                    return
-                break
-            if not data:
-                self._lost()
-                return
-            drained = len(data) < RECV_SIZE
-            reads += 1
-            self._activity = True
-            feed(data)
-
-    async def _control(self, kind: Literal["ping", "pong"], payload: bytes) -> None:
-        if not self._close_sent:
-            frame = ControlFrame(kind, payload)
-            await self._callback(self._core.handler.handle_control, frame, self)
-
-    def _inflate(self, payload: bytes, text: bool) -> str | bytes:
-        """Decompress a permessage-deflate message (capped at max_message_size).
-
-        Raises:
-            ProtocolError: 1009 past the limit, 1007 for corrupt data or invalid UTF-8.
-        """
-        assert self._deflate is not None
-        data = self._deflate.inflate(payload)
-        if not text:
-            return data
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ProtocolError(1007, "invalid UTF-8 in a text message") from None
-
-    def _accept_message(self, text: bool, payload: Any) -> Any:
-        """Count, rate-limit, type-check and decode one message; _SKIP if it goes no further."""
-        core = self._core
-        if text:
-            core.metrics.incoming_text += 1
-        else:
-            core.metrics.incoming_binary += 1
-        bucket = self._bucket
-        if bucket is not None and not bucket.take(trio.current_time()):
-            self._initiate_close(1008, "too many messages", "too_many_messages")
-            return _SKIP
-        if not (core.accepts_text if text else core.accepts_binary):
-            self._invalid("wrong_type", 1003, "unsupported frame type")
-            return _SKIP
-        try:
-            return core.codec.decode(payload)
-        except Exception as exc:
-            log.debug("undecodable_message", user_id=self.user_id, error=str(exc))
-            self._invalid("undecodable", 1007, "message does not decode")
-            return _SKIP
-
-    def _invalid(self, kind: str, code: int, reason: str) -> None:
-        self._core.metrics.invalid_messages[kind] += 1
-        if self._core.config.invalid_message == "close":
-            self._initiate_close(code, reason, "invalid_message")
-
-    def _on_close(self, code: int, reason: str) -> None:
-        """The client's close frame: an answer to ours, or its own request to close."""
-        if not self._close_sent:
-            self._reason = TerminateReason("remote", code, reason)
-            self._mark_closing()
-            # Echo the code (RFC 6455 5.5.1); 1005 "no status" gets an empty close frame, and
-            # a code only a client may send (1010) is answered with 1000.
-            try:
-                frame = encode_close(None if code == 1005 else code)
-            except ValueError:
-                frame = encode_close(1000)
-            self._push_control(frame)
-        elif self._reason is None:
-            self._reason = TerminateReason("remote", code, reason)
-
-    def _fail(self, code: int, reason: str, kind: str) -> None:
-        """Fail the connection: our close frame, then TCP closes without waiting."""
-        if self._reason is None or not self._close_sent:
-            self._reason = TerminateReason(kind, code, reason)
-        if not self._close_sent:
-            self._mark_closing()
-            self._push_control(encode_close(code, reason))
-
-    def _lost(self) -> None:
-        """TCP ended without (the rest of) the closing handshake."""
-        if self._reason is None:
-            self._reason = TerminateReason("remote", 1006, "")
-        self._mark_closing()
-
     def _push_control(self, frame: bytes) -> None:
         """Queue a close frame: past a full outbox if need be (it is the last frame)."""
         if self._outbox.push(frame) == PUSH_FULL:
@@ -697,15 +425,6 @@ class Connection:
         self._gate_busy = False
         if self._gate_lot:
             self._gate_lot.unpark()
-
-    async def _run_infos(self) -> None:
-        handler = self._core.handler
-        try:
-            while self._infos and not self._close_sent:
-                info = self._infos.popleft()
-                await self._callback(handler.handle_info, info, self)
-        finally:
-            self._info_task = False
 
     # ------------------------------------------------------------------ writing
 
