@@ -343,8 +343,9 @@ class Connection(Reader, Mailbox):
         core = self._core
         reason = self._reason or TerminateReason("remote", 1006, "")
         self._reason = reason
-        with trio.move_on_after(flush_timeout):
-            await self._flush()
+        if self._outbox.queued_frames or self._inflight is not None:
+            with trio.move_on_after(flush_timeout):
+                await self._flush()
         self._outbox.close()
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_WR)
@@ -352,6 +353,8 @@ class Connection(Reader, Mailbox):
         self._sock.close()
         core.metrics.disconnects[reason.kind] += 1
         core.metrics.observe_duration(trio.current_time() - self._opened_at)
+        if not core.has_terminate:
+            return
         with trio.move_on_after(core.config.terminate_timeout) as scope:
             await self._gate_enter()
             try:

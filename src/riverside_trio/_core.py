@@ -51,6 +51,7 @@ class Core:
         self.server: Server | None = None
         self.close_on_overflow = config.outbox_policy == "close"
         self.wants_control = type(handler).handle_control is not Handler.handle_control
+        self.has_terminate = type(handler).terminate is not Handler.terminate
         self.compressor = Compressor() if config.permessage_deflate else None
         self.deflate_connections = 0  # open connections that negotiated permessage-deflate
         self._log_at: dict[str, float] = {}

@@ -208,6 +208,7 @@ async def handle_request(
     request: h11.Request | None = None
     with trio.move_on_after(cfg.handshake_timeout) as scope:
         try:
+            conn.receive_data(await _recv(sock))  # the request is usually all there
             event = await _next_event(conn, sock)
             if isinstance(event, h11.Request):
                 request = event
