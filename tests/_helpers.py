@@ -17,6 +17,11 @@ from trio_websocket import WebSocketConnection, open_websocket_url
 import riverside_trio
 from riverside_trio import Config, Handler, Server
 
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+
+# Settings that keep timers out of tests that are not about them.
+NO_TIMERS: dict[str, Any] = {"idle_timeout": None, "ping_interval": None}
+
 
 @asynccontextmanager
 async def running(handler: Handler | type[Handler], **settings: Any) -> AsyncIterator[Server]:

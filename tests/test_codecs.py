@@ -35,10 +35,9 @@ from riverside_trio import (
     TerminateReason,
 )
 
-from ._helpers import RawClient, client_frame, running, ws_open
+from ._helpers import NO_TIMERS, RawClient, client_frame, running, ws_open
 
 OP_TEXT, OP_BINARY, OP_CLOSE = 0x1, 0x2, 0x8
-NO_TIMERS: dict[str, Any] = {"idle_timeout": None, "ping_interval": None}
 
 # ------------------------------------------------------------------ codecs on their own
 

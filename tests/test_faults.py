@@ -40,10 +40,16 @@ from riverside_trio import (
     TerminateReason,
 )
 
-from ._helpers import RawClient, client_frame, read_listening_port, running, upgrade_request
+from ._helpers import (
+    NO_TIMERS,
+    RawClient,
+    client_frame,
+    read_listening_port,
+    running,
+    upgrade_request,
+)
 
 OP_TEXT, OP_CLOSE, OP_PING = 0x1, 0x8, 0x9
-NO_TIMERS: dict[str, Any] = {"idle_timeout": None, "ping_interval": None}
 REMOTE_DROP = TerminateReason("remote", 1006, "")
 
 

@@ -27,9 +27,7 @@ from riverside_trio import (
     User,
 )
 
-from ._helpers import RawClient, client_frame, running, ws_open
-
-NO_TIMERS: dict[str, Any] = {"idle_timeout": None, "ping_interval": None}
+from ._helpers import NO_TIMERS, RawClient, client_frame, running, ws_open
 
 
 class Hub(Handler):

@@ -25,10 +25,18 @@ from riverside_trio import (
     TerminateReason,
 )
 
-from ._helpers import RawClient, client_frame, running
-
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
-NO_TIMERS: dict[str, Any] = {"idle_timeout": None, "ping_interval": None}
+from ._helpers import (
+    NO_TIMERS,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    RawClient,
+    client_frame,
+    running,
+)
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
