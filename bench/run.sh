@@ -18,8 +18,15 @@ if [ ! -x "$bench_python" ]; then
 fi
 "$python" -c "import riverside_trio.frames as f; print('riverside-trio hot path:', f.IMPLEMENTATION)"
 
+# Defaults that the caller's own --peers / --baseline replace.
+defaults=(--peers websockets,trio-websocket,trio-raw --baseline websockets)
+for arg in "$@"; do
+    case "$arg" in --peers | --peers=* | --baseline | --baseline=*) defaults=() ;; esac
+done
+if [ "${#defaults[@]}" -eq 0 ] && ! printf '%s\n' "$@" | grep -q -- '--baseline'; then
+    defaults=(--baseline riverside-trio)
+fi
 exec "$bench_python" "$harness/bench.py" \
     --peer "riverside-trio=$python $here/server.py" \
-    --peers websockets,trio-websocket,trio-raw \
-    --baseline websockets \
+    "${defaults[@]}" \
     "$@"

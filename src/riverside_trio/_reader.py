@@ -186,7 +186,8 @@ class Reader:
         try:
             return core.codec.decode(payload)
         except Exception as exc:
-            log.debug("undecodable_message", user_id=self.user_id, error=str(exc))
+            # Counted in the metrics; logged at most once a second (a client may flood).
+            core.warn("undecodable_message", user_id=self.user_id, error=str(exc)[:200])
             self._invalid("undecodable", 1007, "message does not decode")
             return _SKIP
 
