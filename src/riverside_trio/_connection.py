@@ -269,10 +269,7 @@ class Connection(Reader, Mailbox):
         self._close_deadline = trio.current_time() + self._core.config.close_timeout
         if self._infos:
             self._infos.clear()
-        if self._outbox.push(frame) == PUSH_FULL:
-            # Shed: whatever is queued goes first (a frame may be half sent), then the close.
-            self._inflight = memoryview(self._pending() + frame)
-            self._wake_writer()
+        self._push_control(frame)
 
     def _mark_closing(self) -> None:
         """No more data frames: leave every delivery group (the close frame is last)."""
@@ -372,7 +369,11 @@ class Connection(Reader, Mailbox):
             )
 
     def _push_control(self, frame: bytes) -> None:
-        """Queue a close frame: past a full outbox if need be (it is the last frame)."""
+        """Queue a close frame: past a full outbox if need be (it is the last frame).
+
+        When the outbox is full (a shed client), whatever is queued goes first, since a
+        frame may be half sent, then the close frame.
+        """
         if self._outbox.push(frame) == PUSH_FULL:
             self._inflight = memoryview(self._pending() + frame)
             self._wake_writer()
