@@ -29,6 +29,7 @@ import contextlib
 import math
 import socket
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -77,6 +78,7 @@ class Connection(Reader, Mailbox):
         "_close_sent",
         "_core",
         "_deflate",
+        "_ended",
         "_gate_busy",
         "_gate_lot",
         "_groups",
@@ -86,12 +88,14 @@ class Connection(Reader, Mailbox):
         "_last_ping",
         "_last_rx",
         "_names",
-        "_nursery",
         "_opened_at",
         "_outbox",
         "_parser",
         "_ping_sent_at",
         "_reason",
+        "_scope",
+        "_side",
+        "_side_lot",
         "_sock",
         "_writer_running",
         "request",
@@ -157,7 +161,10 @@ class Connection(Reader, Mailbox):
         self._infos: deque[Any] | None = None  # made on the first send_info
         self._info_task = False
         self._inflight: memoryview | None = None
-        self._nursery: trio.Nursery | None = None
+        self._scope: trio.CancelScope | None = None  # the reading task's, for _abort
+        self._side: set[trio.CancelScope] | None = None  # scopes of running side tasks
+        self._side_lot: ParkingLot | None = None
+        self._ended = False  # reading is over: no new side tasks
 
     def __repr__(self) -> str:
         return f"<Connection user_id={self.user_id!r} session_id={self.session_id!r}>"
@@ -302,8 +309,8 @@ class Connection(Reader, Mailbox):
     def _abort(self) -> None:
         """Stop now: the client did not finish the closing handshake, or the socket broke."""
         self._aborted = True
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
+        if self._scope is not None:
+            self._scope.cancel()
 
     # ------------------------------------------------------------------ the task
 
@@ -315,14 +322,13 @@ class Connection(Reader, Mailbox):
         if self._deflate is not None:
             core.deflate_connections += 1
         try:
-            async with trio.open_nursery() as nursery:
-                # Holds the writer and handle_info tasks, started only when needed.
-                self._nursery = nursery
+            # No nursery of its own (it would cost every idle connection): the side tasks
+            # run in the server's nursery under scopes of this connection (_spawn).
+            with trio.CancelScope() as self._scope:
                 await self._callback(core.handler.init, self, failed="init_failed")
                 await self._read_loop()
-                nursery.cancel_scope.cancel()
         finally:
-            self._nursery = None
+            self._ended = True
             core.registry.remove(self)
             if self._deflate is not None:
                 core.deflate_connections -= 1
@@ -333,7 +339,57 @@ class Connection(Reader, Mailbox):
             # terminate still runs.
             hurry = self._aborted or trio.current_effective_deadline() == -math.inf
             with trio.CancelScope(shield=True):
+                if self._side:
+                    await self._stop_side_tasks()
                 await self._finish(0 if hurry else core.config.close_timeout)
+
+    # ------------------------------------------------------------------ side tasks
+
+    def _spawn(self, fn: Callable[..., Awaitable[object]], *args: Any) -> bool:
+        """Start ``fn(*args)`` as a side task of this connection; False once it has ended.
+
+        Side tasks (the writer, the handle_info runner, child tasks) run in the server's
+        nursery, each under a cancel scope that the connection cancels when it ends.
+        """
+        nursery = self._core.nursery
+        if self._ended or nursery is None:
+            return False
+        try:
+            nursery.start_soon(self._side_task, fn, args)
+        except RuntimeError:  # the server's nursery is closing
+            return False
+        return True
+
+    async def _side_task(self, fn: Callable[..., Awaitable[object]], args: Any) -> None:
+        if self._ended:
+            return  # the connection ended before this task began
+        side = self._side
+        if side is None:
+            side = self._side = set()
+        scope = trio.CancelScope()
+        side.add(scope)
+        try:
+            with scope:
+                await fn(*args)
+        except Exception:
+            # A bug of ours: end this connection, never the server.
+            log.exception("connection_task_failed", user_id=self.user_id, task=fn.__name__)
+            self._lost()
+            self._abort()
+        finally:
+            side.discard(scope)
+            if not side and self._side_lot is not None:
+                self._side_lot.unpark_all()
+
+    async def _stop_side_tasks(self) -> None:
+        """Cancel the side tasks and wait until they have all returned."""
+        side = self._side
+        assert side is not None
+        for scope in side:
+            scope.cancel()
+        lot = self._side_lot = ParkingLot()
+        while side:
+            await lot.park()
 
     async def _finish(self, flush_timeout: float) -> None:
         """Flush what is queued (bounded by flush_timeout), close TCP, run terminate."""
@@ -434,12 +490,9 @@ class Connection(Reader, Mailbox):
 
     def _wake_writer(self) -> None:
         """Something is queued: start the writer task unless it runs already."""
-        if not self._writer_running and self._nursery is not None:
-            self._writer_running = True
-            try:
-                self._nursery.start_soon(self._write_loop)
-            except RuntimeError:  # the connection is ending: its final flush sends the rest
-                self._writer_running = False
+        if not self._writer_running:
+            # Once the connection has ended, its final flush sends the rest.
+            self._writer_running = self._spawn(self._write_loop)
 
     async def _write_loop(self) -> None:
         """Drain the outbox, then end: an idle connection keeps no writer task."""

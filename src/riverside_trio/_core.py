@@ -49,6 +49,9 @@ class Core:
         self.shutting_down = False
         self.handshakes = 0  # upgrades between 'accepted' and 'registered'
         self.server: Server | None = None
+        # The server's nursery: connections start their side tasks (writer, handle_info,
+        # child tasks) in it, each under a cancel scope of the connection's own.
+        self.nursery: trio.Nursery | None = None
         self.close_on_overflow = config.outbox_policy == "close"
         self.wants_control = type(handler).handle_control is not Handler.handle_control
         self.has_terminate = type(handler).terminate is not Handler.terminate

@@ -205,21 +205,30 @@ async def handle_request(
     """
     cfg = core.config
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=cfg.max_header_size)
-    request: h11.Request | None = None
-    with trio.move_on_after(cfg.handshake_timeout) as scope:
+    try:
+        # The whole head is usually there already: then no timeout scope is needed.
         try:
-            conn.receive_data(await _recv(sock))  # the request is usually all there
-            event = await _next_event(conn, sock)
-            if isinstance(event, h11.Request):
-                request = event
-        except h11.RemoteProtocolError as exc:
-            status = exc.error_status_hint if exc.error_status_hint in (400, 431) else 400
-            log.debug("bad_request", peer=peer, status=status, error=str(exc))
-            await _close_after_response(sock, _response(status, f"{exc}\n"))
-            return None
-    if scope.cancelled_caught:
-        await _close_after_response(sock, _response(408, "request head took too long\n"))
+            first: bytes | None = sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            first = None
+        except OSError:
+            first = b""
+        event: object = h11.NEED_DATA
+        if first is not None:
+            conn.receive_data(first)
+            event = conn.next_event()
+        if event is h11.NEED_DATA:
+            with trio.move_on_after(cfg.handshake_timeout) as scope:
+                event = await _next_event(conn, sock)
+            if scope.cancelled_caught:
+                await _close_after_response(sock, _response(408, "request head took too long\n"))
+                return None
+    except h11.RemoteProtocolError as exc:
+        status = exc.error_status_hint if exc.error_status_hint in (400, 431) else 400
+        log.debug("bad_request", peer=peer, status=status, error=str(exc))
+        await _close_after_response(sock, _response(status, f"{exc}\n"))
         return None
+    request = event if isinstance(event, h11.Request) else None
     if request is None:
         return None  # the client went away before sending a request
     # h11 only limits a head that is still incomplete; a whole one can arrive in one read.

@@ -18,8 +18,6 @@ from .errors import ConnectionClosed
 from .handler import TaskFailed, TaskResult
 
 if TYPE_CHECKING:
-    import trio
-
     from ._connection import Connection
     from ._core import Core
     from .frames import Outbox
@@ -39,7 +37,7 @@ class Mailbox:
         user_id: str
         _core: Core
         _outbox: Outbox
-        _nursery: trio.Nursery | None
+        _ended: bool
         _close_sent: bool
         _infos: deque[Any] | None
         _info_task: bool
@@ -50,6 +48,7 @@ class Mailbox:
 
         def _overflow(self) -> None: ...
         def _dropped(self) -> None: ...
+        def _spawn(self, fn: Callable[..., Awaitable[object]], *args: Any) -> bool: ...
 
         _callback: Callable[..., Awaitable[bool]]
 
@@ -124,9 +123,10 @@ class Mailbox:
         Raises:
             ConnectionClosed: this connection is closing or closed.
         """
-        if self._nursery is None or self._close_sent:
+        if self._close_sent or not self._spawn(
+            self._child, fn, args, name or getattr(fn, "__name__", "task")
+        ):
             raise ConnectionClosed(*self._closed_args())
-        self._nursery.start_soon(self._child, fn, args, name or getattr(fn, "__name__", "task"))
 
     async def _child(self, fn: Callable[..., Awaitable[Any]], args: Any, name: str) -> None:
         try:
@@ -139,7 +139,7 @@ class Mailbox:
 
     def _post_info(self, info: Any) -> int:
         """Queue ``info`` for handle_info; 1 if queued (or queued after dropping), else 0."""
-        if self._outbox.closed or self._nursery is None or self._close_sent:
+        if self._outbox.closed or self._ended or self._close_sent:
             return 0
         infos = self._infos
         if infos is None:
@@ -154,8 +154,7 @@ class Mailbox:
                 return 0
         infos.append(info)
         if not self._info_task:
-            self._info_task = True
-            self._nursery.start_soon(self._run_infos)
+            self._info_task = self._spawn(self._run_infos)
         return 1
 
     async def _run_infos(self) -> None:

@@ -78,33 +78,32 @@ class Reader:
         than it asked for) or the kernel said EAGAIN; after ``READS_PER_CHECKPOINT`` reads
         without a park it yields to the scheduler anyway.
         """
+        # No bound methods are kept across a park: an idle connection holds as few objects
+        # as it can (each one is work for the garbage collector).
         sock = self._sock
-        recv = sock.recv
         parser = self._parser
-        next_event = parser.next_event
-        feed = parser.feed
         metrics = self._core.metrics
-        handle_message = self._core.handler.handle_message
+        handler = self._core.handler
         drained = not parser.buffered  # nothing came with the handshake: wait for data
         reads = 0
         while True:
             # Dispatch every complete event the parser has.
             try:
-                while (event := next_event()) is not None:
+                while (event := parser.next_event()) is not None:
                     kind = event[0]
                     if kind <= EV_BINARY:  # EV_TEXT, EV_BINARY
                         if self._close_sent:
                             continue  # closing: data is dropped until the client's close
                         msg = self._accept_message(kind == EV_TEXT, event[1])
                         if msg is not _SKIP:
-                            await self._callback(handle_message, msg, self)
+                            await self._callback(handler.handle_message, msg, self)
                     elif kind <= EV_BINARY_DEFLATED:  # a compressed message
                         if self._close_sent:
                             continue
                         text = kind == EV_TEXT_DEFLATED
                         msg = self._accept_message(text, self._inflate(event[1], text))
                         if msg is not _SKIP:
-                            await self._callback(handle_message, msg, self)
+                            await self._callback(handler.handle_message, msg, self)
                     elif kind == EV_PING:
                         metrics.incoming_control["ping"] += 1
                         if not self._close_sent:
@@ -133,7 +132,7 @@ class Reader:
                     reads = 0
                     await checkpoint()
                 try:
-                    data = recv(RECV_SIZE)
+                    data = sock.recv(RECV_SIZE)
                 except BlockingIOError:
                     drained = True
                     continue
@@ -147,7 +146,7 @@ class Reader:
             drained = len(data) < RECV_SIZE
             reads += 1
             self._activity = True
-            feed(data)
+            parser.feed(data)
 
     async def _control(self, kind: Literal["ping", "pong"], payload: bytes) -> None:
         if not self._close_sent:

@@ -168,6 +168,7 @@ class Server:
         self.port = self._listeners[0].getsockname()[1]
         try:
             async with trio.open_nursery() as nursery:
+                self._core.nursery = nursery
                 for lsock in self._listeners:
                     nursery.start_soon(self._accept_loop, lsock, nursery)
                 nursery.start_soon(self._sweeper)
