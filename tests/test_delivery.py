@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import socket
 
+import pytest
 import trio
 from trio_websocket import open_websocket_url
 
 from riverside_trio import Accept, AuthRequest, Connection, Handler
 
-from ._helpers import running
+from ._helpers import NO_TIMERS, RawClient, running, ws_open
 
 
 class RoomHandler(Handler):
@@ -110,3 +112,48 @@ async def test_disconnect_leaves_every_channel() -> None:
         assert server.deliver_channel("room", "q") == 0
         assert server.deliver_user("a", "from outside") == 1
         assert await recv(a) == "from outside"
+
+
+# Coalescing: what one task step sends leaves in one write per client, at the end of the step.
+
+
+async def test_a_burst_from_one_task_step_leaves_when_the_step_ends_in_order() -> None:
+    async with running(RoomHandler, **NO_TIMERS) as server:
+        client = await RawClient.connect(server)
+        status, _, _ = await client.upgrade("/ws?user=burst")
+        assert status == 101
+        with trio.fail_after(5):
+            while server.connection_count == 0:
+                await trio.sleep(0.001)
+        peek = socket.fromfd(client.stream.socket.fileno(), socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            for i in range(50):  # fewer than a corked outbox holds before it sends early
+                assert server.deliver_user("burst", i) == 1
+            with pytest.raises(BlockingIOError):  # held back until this task step ends
+                peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        finally:
+            peek.close()
+        with trio.fail_after(5):
+            got = [json.loads((await client.read_frame())[1]) for _ in range(50)]
+        assert got == list(range(50))
+        await client.stream.aclose()
+
+
+class SendThenWait(Handler):
+    """Sends, then blocks inside handle_message until the test lets it go."""
+
+    def __init__(self) -> None:
+        self.release = trio.Event()
+
+    async def handle_message(self, msg: object, conn: Connection) -> None:
+        conn.send({"echo": msg})
+        await self.release.wait()
+
+
+async def test_a_send_leaves_as_soon_as_the_handler_waits() -> None:
+    handler = SendThenWait()
+    async with running(handler, **NO_TIMERS) as server, ws_open(server.url) as ws:
+        await ws.send_message('"hi"')
+        with trio.fail_after(5):  # the handler is still inside handle_message
+            assert json.loads(await ws.get_message()) == {"echo": "hi"}
+        handler.release.set()

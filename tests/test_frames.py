@@ -845,7 +845,12 @@ def test_outbox_state_attributes_are_read_only(
 
 
 def test_hot_path_classes_cannot_be_subclassed(frames_impl: ModuleType) -> None:
-    for cls in (frames_impl.FrameParser, frames_impl.Outbox, frames_impl.TokenBucket):
+    for cls in (
+        frames_impl.FrameParser,
+        frames_impl.Outbox,
+        frames_impl.TokenBucket,
+        frames_impl.Cork,
+    ):
         with pytest.raises(TypeError):
             type("Sub", (cls,), {})
 
@@ -1313,6 +1318,211 @@ def test_outbox_dropping_over_a_socket_never_tears_a_frame(
         expected += model.take()[1]
         received.append(write_out(outbox, server, client))
         assert_whole_frames(b"".join(received), expected)
+
+
+# Outbox: cork ------------------------------------------------------------------------------
+
+CORK_FRAMES = 64
+CORK_BYTES = 65536
+
+
+def corked(frames: ModuleType, sock: socket.socket, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    cork = frames.Cork()
+    cork.active = True
+    wake = kwargs.pop("wake", None) or Wake()
+    return frames.Outbox(sock, *args, wake, cork=cork, **kwargs), cork
+
+
+def test_corked_pushes_wait_for_the_flush_then_leave_together(
+    frames_impl: ModuleType, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    server, client = pair
+    wake = Wake()
+    outbox, cork = corked(frames_impl, server, 8, 1 << 20, wake=wake)
+    frames = [frames_impl.encode_frame(frames_impl.OP_TEXT, b"m%d" % i) for i in range(3)]
+    assert [outbox.push(f) for f in frames] == [frames_impl.PUSH_QUEUED] * 3
+    assert drain(client) == b""  # nothing was sent yet
+    assert (outbox.queued_frames, outbox.queued_bytes) == (3, sum(map(len, frames)))
+    assert cork.pending == 1  # noted once, not once per frame
+    assert cork.flush() == 1
+    assert drain(client) == b"".join(frames)
+    assert (outbox.queued_frames, outbox.queued_bytes, wake.calls, cork.pending) == (0, 0, 0, 0)
+    assert cork.flush() == 0
+
+
+def test_an_inactive_cork_sends_directly(
+    frames_impl: ModuleType, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    server, client = pair
+    outbox, cork = corked(frames_impl, server, 8, 1 << 20)
+    cork.active = False
+    assert outbox.push(b"now") == frames_impl.PUSH_SENT
+    assert drain(client) == b"now"
+    assert cork.pending == 0
+
+
+def test_corked_outbox_while_writing_leaves_the_queue_to_the_writer(
+    frames_impl: ModuleType, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    server, client = pair
+    wake = Wake()
+    outbox, cork = corked(frames_impl, server, 8, 1 << 20, wake=wake)
+    assert outbox.push(b"a") == frames_impl.PUSH_QUEUED
+    outbox.writing = True  # a writer took the socket before the flush
+    assert outbox.push(b"b") == frames_impl.PUSH_QUEUED
+    cork.flush()
+    assert drain(client) == b""
+    assert outbox.queued_frames == 2
+    assert write_out(outbox, server, client) == b"ab"
+
+
+@pytest.mark.parametrize("by", ["frames", "bytes"])
+def test_a_corked_outbox_sends_early_once_the_batch_is_big(
+    frames_impl: ModuleType, pair: tuple[socket.socket, socket.socket], by: str
+) -> None:
+    server, client = pair
+    outbox, cork = corked(frames_impl, server, 10_000, 1 << 24)
+    size = 10 if by == "frames" else 20_000
+    batch = CORK_FRAMES if by == "frames" else CORK_BYTES // size
+    frames = [payload_of(size, i) for i in range(batch + 1)]
+    for frame in frames[:batch]:
+        assert outbox.push(frame) == frames_impl.PUSH_QUEUED
+    assert drain(client) == b""
+    assert outbox.push(frames[batch]) == frames_impl.PUSH_QUEUED
+    assert drain(client) == b"".join(frames[:batch])  # the batch left, the new frame waits
+    assert outbox.queued_frames == 1
+    cork.flush()
+    assert drain(client) == frames[batch]
+
+
+def test_corked_limits_count_only_what_the_kernel_did_not_take(
+    frames_impl: ModuleType, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    server, client = pair
+    outbox, cork = corked(frames_impl, server, 2, 100)
+    frames = [payload_of(40, i) for i in range(7)]
+    assert [outbox.push(f) for f in frames] == [frames_impl.PUSH_QUEUED] * 7
+    cork.flush()
+    assert drain(client) == b"".join(frames)
+
+
+def test_a_corked_flush_under_backpressure_queues_the_rest_and_wakes_once(
+    frames_impl: ModuleType, small_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    server, client = small_pair
+    wake = Wake()
+    outbox, cork = corked(frames_impl, server, 1000, 1 << 24, wake=wake)
+    frames = [binary_frame(frames_impl, 900, i) for i in range(60)]  # ~54 KiB
+    for frame, _ in frames:
+        assert outbox.push(frame) == frames_impl.PUSH_QUEUED
+    cork.flush()
+    assert wake.calls == 1  # the writer takes over what the kernel did not take
+    assert outbox.queued_frames == 1  # the rest of the batch, after a partial send
+    received = write_out(outbox, server, client)
+    assert_whole_frames(received, [payload for _, payload in frames])
+
+
+def test_a_corked_flush_into_a_full_socket_leaves_the_batch_to_the_writer(
+    frames_impl: ModuleType, small_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    server, client = small_pair
+    wake = Wake()
+    outbox, cork = corked(frames_impl, server, 1000, 1 << 24, wake=wake)
+    clogged = clog(server)
+    frames = [binary_frame(frames_impl, 100, i) for i in range(3)]
+    for frame, _ in frames:
+        assert outbox.push(frame) == frames_impl.PUSH_QUEUED
+    cork.flush()
+    assert wake.calls == 1
+    assert outbox.queued_frames == 3  # the kernel took nothing: whole frames, droppable
+    received = write_out(outbox, server, client)
+    assert_whole_frames(received, [b""] * clogged + [payload for _, payload in frames])
+
+
+def test_a_corked_flush_to_a_closed_peer_closes_the_outbox(
+    frames_impl: ModuleType, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    server, client = pair
+    wake = Wake()
+    outbox, cork = corked(frames_impl, server, 8, 1 << 20, wake=wake)
+    client.close()
+    assert outbox.push(b"lost") == frames_impl.PUSH_QUEUED
+    cork.flush()
+    assert outbox.closed
+    assert outbox.error in (errno.EPIPE, errno.ECONNRESET)
+    assert (wake.calls, outbox.queued_frames, outbox.queued_bytes) == (1, 0, 0)
+    assert outbox.push(b"more") == frames_impl.PUSH_CLOSED
+
+
+def test_cork_rejects_other_types(
+    frames_impl: ModuleType, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    with pytest.raises(TypeError):
+        frames_impl.Outbox(pair[0], 8, 8, Wake(), cork=object())
+    assert frames_impl.Cork().active is False
+
+
+cork_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("push"), st.integers(0, 3000)),
+        st.tuples(st.just("flush"), st.none()),
+        st.tuples(st.just("active"), st.booleans()),
+        st.tuples(st.just("writer"), st.none()),
+        st.tuples(st.just("read"), st.none()),
+    ),
+    max_size=120,
+)
+
+
+@pytest.mark.c_extension
+@PROPERTY
+@given(max_frames=st.integers(1, 200), max_bytes=st.integers(3000, 1 << 20), steps=cork_ops)
+def test_corked_outbox_same_in_c_and_python_and_keeps_every_frame_in_order(
+    frames_c: ModuleType, max_frames: int, max_bytes: int, steps: list[tuple[str, Any]]
+) -> None:
+    """The same results, states, wakes and bytes on the wire, through early sends, partial
+    sends into a small socket buffer and writer turns; every accepted frame arrives whole,
+    once, in order."""
+    with small_socketpair() as (server_c, client_c), small_socketpair() as (server_p, client_p):
+        pairs = [(server_c, client_c), (server_p, client_p)]
+        boxes, corks, wakes = [], [], []
+        for module, (server, _) in zip((frames_c, _frames_py), pairs, strict=True):
+            wakes.append(Wake())
+            box, cork = corked(module, server, max_frames, max_bytes, wake=wakes[-1])
+            boxes.append(box)
+            corks.append(cork)
+        accepted: list[bytes] = []
+        received: list[list[bytes]] = [[], []]
+        for i, (op, arg) in enumerate(steps):
+            if op == "push":
+                frame, payload = binary_frame(frames_c, arg, i)
+                results = [box.push(frame) for box in boxes]
+                if results[0] <= frames_c.PUSH_QUEUED:
+                    accepted.append(payload)
+            elif op == "flush":
+                results = [cork.flush() for cork in corks]
+            elif op == "active":
+                for cork in corks:
+                    cork.active = arg
+                results = []
+            elif op == "writer":
+                results = []
+                for box, (server, client), got in zip(boxes, pairs, received, strict=True):
+                    got.append(write_out(box, server, client))
+            else:
+                results = []
+                for (_, client), got in zip(pairs, received, strict=True):
+                    got.append(drain(client))
+            assert results[:1] == results[1:]
+            states = [(b.closed, b.queued_frames, b.queued_bytes) for b in boxes]
+            assert states[0] == states[1]
+            assert [c.pending for c in corks] == [corks[0].pending] * 2
+            assert wakes[0].calls == wakes[1].calls
+        for box, cork, (server, client), got in zip(boxes, corks, pairs, received, strict=True):
+            cork.flush()
+            got.append(write_out(box, server, client))
+        assert b"".join(received[0]) == b"".join(received[1])
+        assert_whole_frames(b"".join(received[0]), accepted)
 
 
 # fan_out -----------------------------------------------------------------------------------

@@ -135,6 +135,7 @@ class Connection(Reader, Mailbox):
             cfg.outbox_bytes,
             self._wake_writer,
             drop_oldest=cfg.outbox_policy == "drop_oldest",
+            cork=core.cork,
         )
         self._deflate = deflate
         self._parser = FrameParser(cfg.max_message_size, deflate=deflate is not None)

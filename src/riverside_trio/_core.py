@@ -13,7 +13,7 @@ from ._deflate import MIN_COMPRESS, Compressor
 from .codecs import check_codec
 from .config import Config
 from .errors import CodecError
-from .frames import OP_BINARY, OP_TEXT, encode_close, encode_frame, fan_out
+from .frames import OP_BINARY, OP_TEXT, Cork, encode_close, encode_frame, fan_out
 from .handler import Channel, Destination, Group, Handler, Name, Session, User
 from .metrics import Metrics
 from .registry import Registry
@@ -52,6 +52,9 @@ class Core:
         # The server's nursery: connections start their side tasks (writer, handle_info,
         # child tasks) in it, each under a cancel scope of the connection's own.
         self.nursery: trio.Nursery | None = None
+        # Direct writes wait for the end of the task step that made them, so a burst of
+        # deliveries leaves in one send per client (Server.serve installs it in Trio).
+        self.cork = Cork()
         self.close_on_overflow = config.outbox_policy == "close"
         self.wants_control = type(handler).handle_control is not Handler.handle_control
         self.has_terminate = type(handler).terminate is not Handler.terminate
