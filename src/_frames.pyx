@@ -436,7 +436,6 @@ cdef class Outbox:
 
     cdef int _push(self, bytes frame) except -1:
         cdef Py_ssize_t n, sent, live
-        cdef int fd, err
         cdef list frames = self._frames
         cdef Py_ssize_t count = len(frames)
         if self.closed:
@@ -444,24 +443,9 @@ cdef class Outbox:
         if count == 0 and not self.writing:
             if self._cork is not None and self._cork.active:
                 return self._queue_corked(frame)
-            fd = rt_socket_fd(self._sock) if self._head_fd else self._sock.fileno()
             n = PyBytes_GET_SIZE(frame)
-            while True:
-                sent = send(fd, PyBytes_AS_STRING(frame), <size_t>n, RT_SEND_FLAGS)
-                if sent >= 0:
-                    break
-                err = errno
-                if err == EINTR:
-                    PyErr_CheckSignals()  # like socket.send: a raising handler propagates
-                    continue
-                if err == EAGAIN or err == EWOULDBLOCK:
-                    sent = 0
-                    break
-                self.error = err
-                self.closed = True
-                self._frames = []
-                self.queued_bytes = 0
-                self._wake()
+            sent = self._send_now(frame)
+            if sent < 0:
                 return _CLOSED
             if sent >= n:
                 return _SENT
@@ -529,6 +513,32 @@ cdef class Outbox:
         self.queued_bytes = left + n
         return _QUEUED
 
+    cdef Py_ssize_t _send_now(self, bytes data) except -2:
+        """One non-blocking send of ``data``: how many bytes the kernel took (0 for EAGAIN),
+        or -1 when the socket failed; the outbox is then closed and ``wake`` was called."""
+        cdef int fd = rt_socket_fd(self._sock) if self._head_fd else self._sock.fileno()
+        cdef Py_ssize_t sent
+        cdef int err
+        while True:
+            sent = send(fd, PyBytes_AS_STRING(data), <size_t>PyBytes_GET_SIZE(data), RT_SEND_FLAGS)
+            if sent >= 0:
+                return sent
+            err = errno
+            if err == EINTR:
+                PyErr_CheckSignals()  # like socket.send: a raising handler propagates
+                continue
+            if err == EAGAIN or err == EWOULDBLOCK:
+                return 0
+            self.error = err
+            self.closed = True
+            self._corked = False
+            self._frames = []
+            self._head = 0
+            self._partial_head = False
+            self.queued_bytes = 0
+            self._wake()
+            return -1
+
     cdef int _queue_corked(self, bytes frame) except -1:
         """Queue ``frame`` in the empty queue, for the cork's flush to send."""
         self._frames.append(frame)
@@ -549,33 +559,14 @@ cdef class Outbox:
         cdef Py_ssize_t head = self._head
         cdef Py_ssize_t count = len(frames)
         cdef Py_ssize_t n, sent
-        cdef int fd, err
         cdef bytes data
         if count - head == 1:
             data = frames[head]
         else:
             data = b"".join(frames[head:] if head else frames)
         n = PyBytes_GET_SIZE(data)
-        fd = rt_socket_fd(self._sock) if self._head_fd else self._sock.fileno()
-        while True:
-            sent = send(fd, PyBytes_AS_STRING(data), <size_t>n, RT_SEND_FLAGS)
-            if sent >= 0:
-                break
-            err = errno
-            if err == EINTR:
-                PyErr_CheckSignals()
-                continue
-            if err == EAGAIN or err == EWOULDBLOCK:
-                sent = 0
-                break
-            self.error = err
-            self.closed = True
-            self._corked = False
-            self._frames = []
-            self._head = 0
-            self._partial_head = False
-            self.queued_bytes = 0
-            self._wake()
+        sent = self._send_now(data)
+        if sent < 0:
             return _CLOSED
         if sent >= n:
             frames.clear()

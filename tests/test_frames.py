@@ -1454,6 +1454,26 @@ def test_a_corked_flush_to_a_closed_peer_closes_the_outbox(
     assert outbox.push(b"more") == frames_impl.PUSH_CLOSED
 
 
+def test_a_cork_flushes_every_outbox_before_raising_a_wake_error(
+    frames_impl: ModuleType, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    def broken_wake() -> None:
+        raise RuntimeError("wake failed")
+
+    cork = frames_impl.Cork()
+    cork.active = True
+    with small_socketpair() as (server, _):
+        clogged = frames_impl.Outbox(server, 8, 1 << 20, broken_wake, cork=cork)
+        clog(server)
+        healthy = frames_impl.Outbox(pair[0], 8, 1 << 20, Wake(), cork=cork)
+        assert clogged.push(b"x") == frames_impl.PUSH_QUEUED
+        assert healthy.push(b"y") == frames_impl.PUSH_QUEUED
+        with pytest.raises(RuntimeError, match="wake failed"):
+            cork.flush()
+        assert drain(pair[1]) == b"y"  # flushed although an earlier outbox's wake raised
+        assert cork.pending == 0
+
+
 def test_cork_rejects_other_types(
     frames_impl: ModuleType, pair: tuple[socket.socket, socket.socket]
 ) -> None:

@@ -433,17 +433,8 @@ class Outbox:
         if not frames and not self._writing:
             if self._cork is not None and self._cork.active:
                 return self._queue_corked(frame)
-            try:
-                # PEP 475: socket.send retries EINTR itself unless a signal handler raises.
-                sent = self._sock.send(frame, _SEND_FLAGS)
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                self._error = exc.errno or 0
-                self._closed = True
-                frames.clear()
-                self._queued_bytes = 0
-                self._wake()
+            sent = self._send_now(frame)
+            if sent < 0:
                 return PUSH_CLOSED
             if sent >= len(frame):
                 return PUSH_SENT
@@ -515,6 +506,25 @@ class Outbox:
         self._queued_bytes = left + size
         return PUSH_QUEUED
 
+    def _send_now(self, data: bytes) -> int:
+        """One non-blocking send of ``data``: how many bytes the kernel took (0 for EAGAIN),
+        or -1 when the socket failed; the outbox is then closed and ``wake`` was called."""
+        try:
+            # PEP 475: socket.send retries EINTR itself unless a signal handler raises.
+            return self._sock.send(data, _SEND_FLAGS)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            self._error = exc.errno or 0
+            self._closed = True
+            self._corked = False
+            self._frames = []
+            self._head = 0
+            self._partial_head = False
+            self._queued_bytes = 0
+            self._wake()
+            return -1
+
     def _queue_corked(self, frame: bytes) -> int:
         """Queue ``frame`` in the empty queue, for the cork's flush to send."""
         self._frames.append(frame)
@@ -536,19 +546,8 @@ class Outbox:
         frames = self._frames
         head = self._head
         data = frames[head] if len(frames) - head == 1 else b"".join(frames[head:])
-        try:
-            sent = self._sock.send(data, _SEND_FLAGS)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            self._error = exc.errno or 0
-            self._closed = True
-            self._corked = False
-            self._frames = []
-            self._head = 0
-            self._partial_head = False
-            self._queued_bytes = 0
-            self._wake()
+        sent = self._send_now(data)
+        if sent < 0:
             return PUSH_CLOSED
         if sent >= len(data):
             frames.clear()

@@ -48,9 +48,9 @@ class Mailbox:
 
         def _overflow(self) -> None: ...
         def _dropped(self) -> None: ...
-        def _spawn(self, fn: Callable[..., Awaitable[object]], *args: Any) -> bool: ...
 
         _callback: Callable[..., Awaitable[bool]]
+        _spawn: Callable[..., bool]
 
     @property
     def server(self) -> Server:
