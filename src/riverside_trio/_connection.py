@@ -7,10 +7,15 @@ The rules of a connection (reading is in ``_reader.py``, infos and names in
   ``recv`` first, parking on ``wait_readable`` only when the kernel says EAGAIN), feeds it
   to the compiled frame parser, and runs ``init`` / ``handle_message`` / ``terminate``.
 - Outgoing frames go through the connection's :class:`~riverside_trio.frames.Outbox`:
-  written to the socket at once when nothing is queued, else queued (bounded by
-  ``outbox_size`` and ``outbox_bytes``) for a writer task, started only when something
-  is queued and ending when the queue is empty. A full outbox applies ``outbox_policy``:
-  close 1008 ``slow_consumer``, or drop the oldest or the newest message.
+  written to the socket without awaiting when nothing is queued (held back by the
+  server's :class:`~riverside_trio.frames.Cork` until the task step ends, so one step's
+  frames leave in one ``send``), else queued (bounded by ``outbox_size`` and
+  ``outbox_bytes``) for a writer task, started only when the kernel refuses bytes and
+  ending when the queue is empty. A full outbox applies ``outbox_policy``: close 1008
+  ``slow_consumer``, or drop the oldest or the newest message.
+- Side tasks (the writer, the ``handle_info`` runner, child tasks) run in the server's
+  nursery, each under a cancel scope of the connection's, cancelled when it ends: an
+  idle connection has no nursery of its own.
 - ``handle_info`` runs in a short-lived task started when something is posted; a gate
   keeps it from overlapping ``handle_message``, ``init`` and ``terminate``.
 - Closing: the first close wins and fixes the TerminateReason; the connection leaves every

@@ -300,6 +300,8 @@ class Outbox:
         wake: Called with no arguments when the writer task has work to do.
         drop_oldest: Make room in a full queue by dropping its oldest frames, rather than
             refusing the new one.
+        cork: A :class:`Cork`, usually one per server: while it is active, a frame pushed
+            into an idle outbox waits for the cork's ``flush`` instead of being sent at once.
 
     Raises:
         TypeError: ``wake`` is not callable.
@@ -608,8 +610,8 @@ class Cork:
     While ``active`` is true, an outbox with nothing queued and no writer queues a pushed
     frame instead of sending it, and notes itself here; ``flush`` then sends each noted
     queue in one ``send`` (what the kernel does not take stays queued and wakes the writer,
-    as a direct send would). A corked outbox sends early when it holds ``CORK_FRAMES``
-    frames or ``CORK_BYTES`` bytes, or reaches its own limits. Frame order never changes.
+    as a direct send would). A corked outbox sends early when it holds 64 frames or would
+    hold over 64 KiB, or reaches its own limits. Frame order never changes.
 
     ``after_task_step`` makes a Cork a Trio instrument: installed with
     ``trio.lowlevel.add_instrument``, it flushes at the end of every task step.

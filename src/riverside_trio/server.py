@@ -28,6 +28,7 @@ from ._connection import Connection
 from ._core import Core
 from ._http import handle_request
 from .config import Config
+from .frames import Cork
 from .handler import Destination, Group, Handler
 from .metrics import Metrics
 
@@ -185,7 +186,7 @@ class Server:
                 nursery.cancel_scope.cancel()
         finally:
             cork.active = False
-            cork.flush()
+            _flush(cork)
             with contextlib.suppress(KeyError):  # Trio drops an instrument that raised
                 trio.lowlevel.remove_instrument(instrument)
             self._close_listeners()
@@ -276,13 +277,20 @@ class Server:
             await trio.sleep(tick)
             # The cork flushes at the end of every task step; should Trio ever have dropped
             # it as an instrument, held-back frames still leave within a tick.
-            cork.flush()
+            _flush(cork)
             now = trio.current_time()
             for conn in list(registry.connections):
                 try:
                     conn._check_timers(now)
                 except Exception:  # a bug of ours must not stop every other timer
                     log.exception("timer_check_failed", user_id=conn.user_id)
+
+
+def _flush(cork: Cork) -> None:
+    try:
+        cork.flush()
+    except Exception:  # a bug of ours (a wake callback failed) must not stop the server
+        log.exception("cork_flush_failed")
 
 
 def _open_listeners(config: Config) -> list[socket.socket]:
