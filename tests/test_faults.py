@@ -245,9 +245,13 @@ def seq_of(payload: str) -> int:
 # ---------------------------------------------------------------- 1. slow consumer
 
 
+@pytest.mark.parametrize("per_step", [1, 25], ids=["one-per-step", "bursts"])
 @pytest.mark.parametrize("via", ["channel", "user"])
-async def test_a_client_that_stops_reading_is_shed_and_nobody_else_notices(via: str) -> None:
-    """Flooded through a channel both are members of, or as two devices of one user."""
+async def test_a_client_that_stops_reading_is_shed_and_nobody_else_notices(
+    via: str, per_step: int
+) -> None:
+    """Flooded through a channel both are members of, or as two devices of one user; one
+    delivery per task step, or bursts that the cork coalesces into one write per client."""
     handler = Faulty()
     user, join = ("a", "flood") if via == "channel" else ("crowd", None)
 
@@ -259,7 +263,7 @@ async def test_a_client_that_stops_reading_is_shed_and_nobody_else_notices(via: 
     outbox_bytes = 32 * 1024
     pad = "x" * 1000
     frame_len = 4 + len(f"{0:08d} {pad}")  # 2-byte header + 16-bit length + payload
-    window = 16  # messages the publisher lets the fast reader fall behind
+    window = 16 + per_step  # messages the publisher lets the fast reader fall behind
     settings = {"outbox_size": 64, "outbox_bytes": outbox_bytes, "close_timeout": 30}
     max_messages = 200_000
     async with (
@@ -294,8 +298,9 @@ async def test_a_client_that_stops_reading_is_shed_and_nobody_else_notices(via: 
                     after_shed += slow_conn.closed
                     while sent - len(got) >= window:
                         await trio.sleep(0.001)
-                    reached.append(deliver(f"{sent:08d} {pad}"))
-                    sent += 1
+                    for _ in range(per_step):  # one task step
+                        reached.append(deliver(f"{sent:08d} {pad}"))
+                        sent += 1
                     for conn in server.connections():
                         if conn.state == "slow":
                             queued = conn._outbox.queued_bytes
