@@ -400,43 +400,6 @@ WRONG_TYPE = [
 ]
 
 
-@pytest.mark.parametrize(("codec", "wrong", "good"), WRONG_TYPE)
-async def test_wrong_frame_type_is_ignored_and_counted(
-    codec: type[Any], wrong: bytes, good: bytes
-) -> None:
-    handler = Echo(codec())
-    async with running(handler, **NO_TIMERS) as server, upgraded(server) as client:
-        with trio.fail_after(5):
-            await client.send(wrong + good)
-            op, _, _ = await client.read_frame()  # only the good one is echoed
-            assert op == good[0] & 0x0F
-    assert len(handler.messages) == 1
-    assert server.metrics.invalid_messages["wrong_type"] == 1
-    assert server.metrics.invalid_messages["undecodable"] == 0
-
-
-@pytest.mark.parametrize(("codec", "wrong", "good"), WRONG_TYPE)
-async def test_wrong_frame_type_closes_1003_with_invalid_message_close(
-    codec: type[Any], wrong: bytes, good: bytes
-) -> None:
-    handler = Echo(codec())
-    async with (
-        running(handler, invalid_message="close", **NO_TIMERS) as server,
-        upgraded(server) as client,
-    ):
-        with trio.fail_after(5):
-            await client.send(wrong + good)
-            code, _ = await client.read_close()  # nothing echoed before the close
-            await client.send(client_frame(OP_CLOSE, struct.pack("!H", 1000)))
-            assert await client.at_eof()
-            await handler.terminated.wait()
-    assert code == 1003
-    assert handler.messages == []
-    assert server.metrics.invalid_messages["wrong_type"] == 1
-    assert len(handler.reasons) == 1
-    assert (handler.reasons[0].kind, handler.reasons[0].code) == ("invalid_message", 1003)
-
-
 UNDECODABLE = [
     pytest.param(
         JSONCodec, client_frame(OP_TEXT, b"{not json"), client_frame(OP_TEXT, b"1"), id="json"
@@ -449,25 +412,32 @@ UNDECODABLE = [
     ),
 ]
 
+# A message the codec refuses: (kind counted in invalid_messages, close code with
+# invalid_message="close").
+INVALID = [
+    pytest.param(*p.values, "wrong_type", 1003, id=f"wrong-type-{p.id}") for p in WRONG_TYPE
+] + [pytest.param(*p.values, "undecodable", 1007, id=f"undecodable-{p.id}") for p in UNDECODABLE]
+OTHER_KIND = {"wrong_type": "undecodable", "undecodable": "wrong_type"}
 
-@pytest.mark.parametrize(("codec", "bad", "good"), UNDECODABLE)
-async def test_undecodable_payload_is_ignored_and_counted(
-    codec: type[Any], bad: bytes, good: bytes
+
+@pytest.mark.parametrize(("codec", "bad", "good", "kind", "close_code"), INVALID)
+async def test_invalid_message_is_ignored_and_counted(
+    codec: type[Any], bad: bytes, good: bytes, kind: str, close_code: int
 ) -> None:
     handler = Echo(codec())
     async with running(handler, **NO_TIMERS) as server, upgraded(server) as client:
         with trio.fail_after(5):
             await client.send(bad + good)
-            op, _, _ = await client.read_frame()
+            op, _, _ = await client.read_frame()  # only the good one is echoed
             assert op == good[0] & 0x0F
     assert len(handler.messages) == 1
-    assert server.metrics.invalid_messages["undecodable"] == 1
-    assert server.metrics.invalid_messages["wrong_type"] == 0
+    assert server.metrics.invalid_messages[kind] == 1
+    assert server.metrics.invalid_messages[OTHER_KIND[kind]] == 0
 
 
-@pytest.mark.parametrize(("codec", "bad", "good"), UNDECODABLE)
-async def test_undecodable_payload_closes_1007_with_invalid_message_close(
-    codec: type[Any], bad: bytes, good: bytes
+@pytest.mark.parametrize(("codec", "bad", "good", "kind", "close_code"), INVALID)
+async def test_invalid_message_closes_with_invalid_message_close(
+    codec: type[Any], bad: bytes, good: bytes, kind: str, close_code: int
 ) -> None:
     handler = Echo(codec())
     async with (
@@ -476,15 +446,15 @@ async def test_undecodable_payload_closes_1007_with_invalid_message_close(
     ):
         with trio.fail_after(5):
             await client.send(bad + good)
-            code, _ = await client.read_close()
+            code, _ = await client.read_close()  # nothing echoed before the close
             await client.send(client_frame(OP_CLOSE, struct.pack("!H", 1000)))
             assert await client.at_eof()
             await handler.terminated.wait()
-    assert code == 1007
+    assert code == close_code
     assert handler.messages == []
-    assert server.metrics.invalid_messages["undecodable"] == 1
+    assert server.metrics.invalid_messages[kind] == 1
     assert len(handler.reasons) == 1
-    assert (handler.reasons[0].kind, handler.reasons[0].code) == ("invalid_message", 1007)
+    assert (handler.reasons[0].kind, handler.reasons[0].code) == ("invalid_message", close_code)
 
 
 # ------------------------------------------------------------------ unencodable outgoing objects

@@ -55,15 +55,21 @@ GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 RECV_SIZE = 16384
 
 
+def _recv_now(sock: socket.socket) -> bytes | None:
+    """What the socket has now, without waiting: None if nothing; b"" at EOF or on a reset."""
+    try:
+        return sock.recv(RECV_SIZE)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
 async def _recv(sock: socket.socket) -> bytes:
     """Some bytes from the socket; b"" at EOF or on a reset."""
-    while True:
-        try:
-            return sock.recv(RECV_SIZE)
-        except BlockingIOError:
-            await wait_readable(sock)
-        except OSError:
-            return b""
+    while (data := _recv_now(sock)) is None:
+        await wait_readable(sock)
+    return data
 
 
 async def _next_event(conn: h11.Connection, sock: socket.socket) -> object:
@@ -207,12 +213,7 @@ async def handle_request(
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=cfg.max_header_size)
     try:
         # The whole head is usually there already: then no timeout scope is needed.
-        try:
-            first: bytes | None = sock.recv(RECV_SIZE)
-        except BlockingIOError:
-            first = None
-        except OSError:
-            first = b""
+        first = _recv_now(sock)
         event: object = h11.NEED_DATA
         if first is not None:
             conn.receive_data(first)

@@ -185,8 +185,7 @@ class Server:
                 await self._graceful_stop()
                 nursery.cancel_scope.cancel()
         finally:
-            cork.active = False
-            _flush(cork)
+            cork.active = False  # every connection has ended and sent its own queue
             with contextlib.suppress(KeyError):  # Trio drops an instrument that raised
                 trio.lowlevel.remove_instrument(instrument)
             self._close_listeners()
