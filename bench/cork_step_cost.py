@@ -12,7 +12,7 @@ import time
 
 import trio
 
-from riverside_trio.frames import IMPLEMENTATION, Cork
+from riverside_trio.wire.frames import IMPLEMENTATION, Cork
 
 STEPS = 200_000
 RUNS = 5

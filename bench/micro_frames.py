@@ -27,7 +27,7 @@ from types import ModuleType
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameProtocol
 
-from riverside_trio import _frames_py
+from riverside_trio.wire import _frames_py
 
 try:
     from riverside_trio import _frames_c

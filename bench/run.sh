@@ -16,7 +16,7 @@ if [ ! -x "$bench_python" ]; then
     python3 -m venv "$(dirname "$(dirname "$bench_python")")"
     "$bench_python" -m pip install -r "$harness/requirements.txt"
 fi
-"$python" -c "import riverside_trio.frames as f; print('riverside-trio hot path:', f.IMPLEMENTATION)"
+"$python" -c "import riverside_trio.wire.frames as f; print('riverside-trio hot path:', f.IMPLEMENTATION)"
 
 # Defaults that the caller's own --peers / --baseline replace.
 defaults=(--peers websockets,trio-websocket,trio-raw --baseline websockets)

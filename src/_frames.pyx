@@ -2,8 +2,8 @@
 # cython: cdivision=True, embedsignature=True
 """Compiled hot path of riverside-trio, built as ``riverside_trio._frames_c``.
 
-Same names, same results, same exception types as ``riverside_trio/_frames_py.py``; the selector
-``riverside_trio.frames`` picks one of the two. Any change here must be made there too, and
+Same names, same results, same exception types as ``riverside_trio/wire/_frames_py.py``; the selector
+``riverside_trio.wire.frames`` picks one of the two. Any change here must be made there too, and
 ``tests/test_frames.py`` and ``tests/test_parser.py`` compare them on random inputs.
 
 Conversions are the ones of C arguments: integers through ``__index__`` into a ``Py_ssize_t``
@@ -358,7 +358,9 @@ cdef class Outbox:
 
     Args:
         sock: The connection's socket, non-blocking (``gettimeout() == 0.0``). The outbox
-            only sends on it; closing it stays the owner's job.
+            only sends on it; closing it stays the owner's job. None for a connection over
+            a stream (TLS, memory streams): every frame is then queued for the writer task,
+            as if the kernel had refused it.
         max_frames: The most frames queued at once (a partly sent frame is always queued).
         max_bytes: The most bytes queued at once (same exception).
         wake: Called with no arguments when the writer task has work to do.
@@ -404,7 +406,7 @@ cdef class Outbox:
             raise ValueError("max_frames and max_bytes must not be negative")
         if not callable(wake):
             raise TypeError("wake must be callable")
-        if sock.gettimeout() != 0.0:
+        if sock is not None and sock.gettimeout() != 0.0:
             raise ValueError("the socket must be non-blocking")
         self._head_fd = isinstance(sock, _socket.socket) and rt_socket_fd(sock) == sock.fileno()
         self._sock = sock
@@ -518,9 +520,12 @@ cdef class Outbox:
     cdef Py_ssize_t _send_now(self, bytes data) except -2:
         """One non-blocking send of ``data``: how many bytes the kernel took (0 for EAGAIN),
         or -1 when the socket failed; the outbox is then closed and ``wake`` was called."""
-        cdef int fd = rt_socket_fd(self._sock) if self._head_fd else self._sock.fileno()
+        cdef int fd
         cdef Py_ssize_t sent
         cdef int err
+        if self._sock is None:
+            return 0  # a stream: its writer task sends everything
+        fd = rt_socket_fd(self._sock) if self._head_fd else self._sock.fileno()
         while True:
             sent = send(fd, PyBytes_AS_STRING(data), <size_t>PyBytes_GET_SIZE(data), RT_SEND_FLAGS)
             if sent >= 0:

@@ -54,4 +54,4 @@ def frames_impl(request: pytest.FixtureRequest) -> ModuleType:
     """The hot-path module under test: ``_frames_c``, then ``_frames_py``."""
     if request.param == "c":
         return _import_frames_c()
-    return importlib.import_module("riverside_trio._frames_py")
+    return importlib.import_module("riverside_trio.wire._frames_py")

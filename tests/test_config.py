@@ -52,6 +52,9 @@ BAD_VALUES: dict[str, list[object]] = {
     "reuse_port": [1, "yes", None],
     "permessage_deflate": [1, "yes", None],
     "backlog": [0, -5, "1024", False],
+    "tls_certfile": ["", 1],
+    "tls_keyfile": ["", b"key.pem", "key.pem"],  # the last: without tls_certfile
+    "tls_ca_file": ["", "ca.pem"],
     "max_connections": [0, 1.5, True],
     "max_message_size": [0, "1M", None],
     "transmission_limit": [-1, 1.0, True],

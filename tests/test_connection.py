@@ -831,7 +831,7 @@ async def test_handle_message_exception_closes_1011_and_other_connections_go_on(
                 await ok.send_message("fine")
                 assert await ok.get_message() == "fine"
                 assert handler.reasons_of("ok") == []
-    assert handler.reasons_of("bad") == [TerminateReason("internal_error", 1011, "internal error")]
+    assert handler.reasons_of("bad") == [TerminateReason("internal_error", 1011, "internal_error")]
     assert len(handler.reasons_of("ok")) == 1
 
 

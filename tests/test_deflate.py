@@ -12,8 +12,8 @@ import trio
 from websockets.sync.client import connect as ws_connect
 
 from riverside_trio import Connection, Handler, RawCodec, TerminateReason
-from riverside_trio._deflate import Compressor, Inflater, negotiate
 from riverside_trio.errors import ProtocolError
+from riverside_trio.wire.deflate import Compressor, Inflater, negotiate
 
 from ._helpers import RawClient, client_frame, running
 
@@ -214,10 +214,10 @@ async def test_a_deflate_bomb_is_closed_1009_without_inflating_it() -> None:
                 )
                 assert status == 101
                 await client.send(compressed_frame(0x2, bytes(50_000_000)))  # 50 MB of zeros
-                assert await client.read_close() == (1009, "message too big")
+                assert await client.read_close() == (1009, "message_too_big")
                 await handler.done.wait()
                 assert handler.reasons == [
-                    TerminateReason("message_too_big", 1009, "message too big")
+                    TerminateReason("message_too_big", 1009, "message_too_big")
                 ]
         finally:
             await client.aclose()

@@ -304,7 +304,7 @@ async def test_a_client_that_stops_reading_is_shed_and_nobody_else_notices(
                     for conn in server.connections():
                         if conn.state == "slow":
                             queued = conn._outbox.queued_bytes
-                            held = queued + len(conn._inflight or b"")
+                            held = conn._writer.held_bytes
                             max_queued = max(max_queued, queued)
                             max_held = max(max_held, held)
                     await trio.sleep(0)
@@ -412,7 +412,7 @@ async def test_a_flooding_client_over_the_transmission_limit_is_closed_1008_alon
         assert 50 <= handled < total
         assert handler.flooded == list(range(handled))
         reason = handler.reasons_of("flooder")
-        assert reason == [TerminateReason("too_many_messages", 1008, "too many messages")]
+        assert reason == [TerminateReason("too_many_messages", 1008, "too_many_messages")]
         assert server.metrics.disconnects["too_many_messages"] == 1
         assert handler.reasons_of("echo") == handler.reasons_of("polite") == []
 
@@ -439,7 +439,7 @@ async def test_a_client_that_pings_without_reading_is_held_to_the_outbox_limits(
                 await pinger.send(chunk)
                 for c in server.connections():
                     if c.state == "pinger":
-                        held = c._outbox.queued_bytes + len(c._inflight or b"")
+                        held = c._writer.held_bytes
                         assert held <= 2 * (outbox_bytes + pong_len), (
                             f"{held} bytes held for a client that reads nothing"
                         )

@@ -30,7 +30,7 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import Frame, FrameProtocol, Opcode
 
 import riverside_trio
-from riverside_trio import _frames_py
+from riverside_trio.wire import _frames_py
 
 PROPERTY = settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 OPCODES = (0x0, 0x1, 0x2, 0x8, 0x9, 0xA)
@@ -163,7 +163,7 @@ def test_compiled_module_loaded_when_required() -> None:
     assert _frames_c.__name__ == "riverside_trio._frames_c"
     assert Path(_frames_c.__file__ or "").suffix in (".so", ".pyd")
     if os.environ.get("RIVERSIDE_NO_EXTENSIONS", "") in ("", "0"):
-        from riverside_trio import frames
+        from riverside_trio.wire import frames
 
         assert frames.IMPLEMENTATION == "c"
 
@@ -175,7 +175,7 @@ def _implementation_in_subprocess(no_extensions: str | None) -> str:
         env["RIVERSIDE_NO_EXTENSIONS"] = no_extensions
     package_root = str(Path(next(iter(riverside_trio.__path__))).parent)
     env["PYTHONPATH"] = os.pathsep.join([package_root, env.get("PYTHONPATH", "")])
-    code = "from riverside_trio import frames; print(frames.IMPLEMENTATION)"
+    code = "from riverside_trio.wire import frames; print(frames.IMPLEMENTATION)"
     result = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
@@ -197,7 +197,7 @@ def test_implementation_is_c_when_built_and_not_disabled() -> None:
 
 
 def test_selector_reexports_every_name_of_the_selected_module() -> None:
-    from riverside_trio import frames
+    from riverside_trio.wire import frames
 
     if frames.IMPLEMENTATION == "c":
         selected = importlib.import_module("riverside_trio._frames_c")
@@ -209,7 +209,7 @@ def test_selector_reexports_every_name_of_the_selected_module() -> None:
 
 
 def test_stub_declares_the_public_api() -> None:
-    stub = Path(_frames_py.__file__).with_name("_frames_c.pyi")
+    stub = Path(_frames_py.__file__).parent.with_name("_frames_c.pyi")
     names = set()
     for node in ast.parse(stub.read_text(encoding="utf-8")).body:
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):

@@ -33,8 +33,8 @@ from hypothesis import strategies as st
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed, XorMaskerSimple
 
-from riverside_trio import _frames_py
 from riverside_trio.errors import ProtocolError
+from riverside_trio.wire import _frames_py
 
 PROPERTY = settings(
     deadline=None,

@@ -6,8 +6,6 @@ Write one :class:`Handler`, then ``riverside-trio serve module:Handler`` or embe
 
 from __future__ import annotations
 
-# handlers and what passes through them
-from ._connection import Connection as Connection
 from .codecs import CBORCodec as CBORCodec
 from .codecs import Codec as Codec
 from .codecs import JSONCodec as JSONCodec
@@ -18,6 +16,11 @@ from .codecs import RawTextCodec as RawTextCodec
 # settings
 from .config import Config as Config
 from .config import load_config as load_config
+from .destinations import Channel as Channel
+from .destinations import Group as Group
+from .destinations import Name as Name
+from .destinations import Session as Session
+from .destinations import User as User
 
 # errors
 from .errors import AuthError as AuthError
@@ -32,20 +35,18 @@ from .errors import ProtocolError as ProtocolError
 from .errors import RiversideError as RiversideError
 from .handler import Accept as Accept
 from .handler import AuthRequest as AuthRequest
-from .handler import Channel as Channel
 from .handler import ControlFrame as ControlFrame
-from .handler import Group as Group
 from .handler import Handler as Handler
 from .handler import Headers as Headers
 from .handler import HTTPRequest as HTTPRequest
 from .handler import HTTPResponse as HTTPResponse
-from .handler import Name as Name
-from .handler import Session as Session
 from .handler import TaskFailed as TaskFailed
 from .handler import TaskResult as TaskResult
 from .handler import TerminateReason as TerminateReason
-from .handler import User as User
 from .metrics import Metrics as Metrics
+
+# handlers and what passes through them
+from .server import Connection as Connection
 
 # running a server
 from .server import Server as Server

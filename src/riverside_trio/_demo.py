@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .handler import Handler
 
 if TYPE_CHECKING:
-    from ._connection import Connection
+    from .server import Connection
 
 __all__ = ["DemoHandler"]
 

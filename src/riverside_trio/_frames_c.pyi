@@ -1,6 +1,6 @@
 """Types of the compiled hot path ``riverside_trio._frames_c`` (``src/_frames.pyx``).
 
-Mirrors ``riverside_trio._frames_py``; see its docstrings.
+Mirrors ``riverside_trio.wire._frames_py``; see its docstrings.
 """
 
 import socket
@@ -51,7 +51,7 @@ class Outbox:
     writing: bool
     def __init__(
         self,
-        sock: socket.socket,
+        sock: socket.socket | None,
         max_frames: int,
         max_bytes: int,
         wake: Callable[[], None],

@@ -40,6 +40,7 @@ EXIT_USAGE = 2  # bad flags, settings or handler spec, as argparse does
 # The first setting of each group; the settings that follow belong to it until the next one.
 _GROUP_STARTS = {
     "host": "network",
+    "tls_certfile": "TLS",
     "max_connections": "limits",
     "handshake_timeout": "timeouts (seconds)",
     "permessage_deflate": "behaviour",

@@ -77,6 +77,12 @@ class Config:
             a prefix: "/rooms/*" upgrades every path under /rooms/, "/*" every path.
         reuse_port: Set SO_REUSEPORT so several processes can share the port.
         backlog: Length of the kernel's queue of not yet accepted connections, >= 1.
+        tls_certfile: PEM file of the server's certificate (and chain): serve wss:// with
+            TLS; None ("off") serves plain ws://.
+        tls_keyfile: PEM file of the certificate's private key; None ("off") when the key is
+            in tls_certfile.
+        tls_ca_file: PEM file of the CAs that sign client certificates: clients must then
+            present one (mutual TLS); None ("off") asks for none.
         max_connections: Most open WebSocket connections, >= 1; beyond it new upgrades
             are answered with HTTP 503.
         max_message_size: Largest incoming message in bytes, >= 1; a bigger one closes the
@@ -122,6 +128,11 @@ class Config:
     reuse_port: bool = False
     backlog: int = _setting(1024, min=1)
 
+    # TLS (wss://)
+    tls_certfile: str | None = None
+    tls_keyfile: str | None = None
+    tls_ca_file: str | None = None
+
     # limits
     max_connections: int = _setting(10_000, min=1)
     max_message_size: int = _setting(1_048_576, min=1, unit="bytes")
@@ -159,6 +170,10 @@ class Config:
             checked = _check(f.name, value)
             if checked is not value:
                 object.__setattr__(self, f.name, checked)
+        if self.tls_certfile is None:
+            for name in ("tls_keyfile", "tls_ca_file"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(name, "needs tls_certfile: set the certificate too")
         paths = {"path": self.path, "health_path": self.health_path}
         if self.metrics_path is not None:
             paths["metrics_path"] = self.metrics_path

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from .codecs import Codec, JSONCodec
 
 if TYPE_CHECKING:
-    from ._connection import Connection
+    from .server import Connection
 
 __all__ = [
     "Accept",
@@ -218,47 +218,6 @@ class TaskFailed:
 
     name: str
     error: BaseException
-
-
-# Destinations of Server.send_info: who gets an info in their handle_info.
-@dataclass(frozen=True, slots=True)
-class User:
-    """Every connection of a user."""
-
-    user_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Session:
-    """The connections of one session of a user."""
-
-    user_id: str
-    session_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Channel:
-    """Every member of a channel."""
-
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class Name:
-    """The connection registered under a unique name (:meth:`Connection.register_name`)."""
-
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class Group:
-    """Every member of a group (:meth:`Connection.join_group`)."""
-
-    name: str
-
-
-Destination = User | Session | Channel | Name | Group | str
-"""Where an info goes; a plain ``str`` is a registered :class:`Name`."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,9 @@ class Outbox:
 
     Args:
         sock: The connection's socket, non-blocking (``gettimeout() == 0.0``). The outbox
-            only sends on it; closing it stays the owner's job.
+            only sends on it; closing it stays the owner's job. None for a connection over
+            a stream (TLS, memory streams): every frame is then queued for the writer task,
+            as if the kernel had refused it.
         max_frames: The most frames queued at once (a partly sent frame is always queued).
         max_bytes: The most bytes queued at once (same exception).
         wake: Called with no arguments when the writer task has work to do.
@@ -80,7 +82,7 @@ class Outbox:
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: socket.socket | None,
         max_frames: int,
         max_bytes: int,
         wake: Callable[[], None],
@@ -99,7 +101,7 @@ class Outbox:
             raise ValueError("max_frames and max_bytes must not be negative")
         if not callable(wake):
             raise TypeError("wake must be callable")
-        if sock.gettimeout() != 0.0:
+        if sock is not None and sock.gettimeout() != 0.0:
             raise ValueError("the socket must be non-blocking")
         self._sock = sock
         self._max_frames = frames_limit
@@ -260,6 +262,8 @@ class Outbox:
     def _send_now(self, data: bytes) -> int:
         """One non-blocking send of ``data``: how many bytes the kernel took (0 for EAGAIN),
         or -1 when the socket failed; the outbox is then closed and ``wake`` was called."""
+        if self._sock is None:
+            return 0  # a stream: its writer task sends everything
         try:
             # PEP 475: socket.send retries EINTR itself unless a signal handler raises.
             return self._sock.send(data, _SEND_FLAGS)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import zlib
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
 
 __all__ = ["MIN_COMPRESS", "Compressor", "Inflater", "negotiate"]
 

@@ -78,7 +78,7 @@ else:
     def _load() -> tuple[object, str]:
         if not _NO_EXTENSIONS:
             try:
-                return import_module("._frames_c", __package__), "c"
+                return import_module("riverside_trio._frames_c"), "c"
             except ImportError:  # not built: no C compiler, RIVERSIDE_BUILD_EXTENSIONS=0, ...
                 pass
         return import_module("._frames_py", __package__), "python"

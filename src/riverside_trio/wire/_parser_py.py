@@ -9,8 +9,8 @@ from __future__ import annotations
 import codecs
 from typing import Any, Final, final
 
+from ..errors import ProtocolError as _ProtocolError
 from ._frames_py import _MAX_CONTROL_PAYLOAD, _OPCODES, _as_ssize
-from .errors import ProtocolError as _ProtocolError
 
 __all__ = [
     "EV_BINARY",

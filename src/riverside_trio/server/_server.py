@@ -15,29 +15,29 @@ SIGTERM into a graceful shutdown (a second signal cancels at once).
 from __future__ import annotations
 
 import contextlib
-import errno
 import signal
 import socket
+import ssl
 from typing import Any, cast
 
 import structlog
 import trio
-from trio.lowlevel import wait_readable
 
+from ..config import Config
+from ..destinations import Channel, Destination, Group, Session, User
+from ..errors import ConfigError
+from ..handler import Handler
+from ..metrics import Metrics
 from ._connection import Connection
 from ._core import Core
-from ._http import handle_request
-from .config import Config
-from .frames import Cork
-from .handler import Destination, Group, Handler
-from .metrics import Metrics
+from ._frontdoor import handle_request
+from ._listener import accept_loop, open_listeners
+from ._sweeper import sweep
+from ._transport import SocketTransport, StreamTransport, Transport
 
 __all__ = ["Server", "run", "serve"]
 
 log = structlog.get_logger("riverside_trio.server")
-
-ACCEPTS_PER_WAKEUP = 64
-_FD_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
 class Server:
@@ -48,7 +48,13 @@ class Server:
         handler: the handler instance.
     """
 
-    def __init__(self, handler: Handler | type[Handler], config: Config | None = None) -> None:
+    def __init__(
+        self,
+        handler: Handler | type[Handler],
+        config: Config | None = None,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         if isinstance(handler, type):
             handler = handler()
         if not isinstance(handler, Handler):
@@ -58,6 +64,10 @@ class Server:
             )
         self.handler = handler
         self.config = config if config is not None else Config()
+        if ssl_context is None and self.config.tls_certfile is not None:
+            ssl_context = make_ssl_context(self.config)
+        self.ssl_context = ssl_context
+        """The TLS context of ``wss://`` (None: plain ``ws://``)."""
         self._core = Core(handler, self.config)
         self._core.server = self
         self._listeners: list[socket.socket] = []
@@ -77,13 +87,14 @@ class Server:
 
     @property
     def url(self) -> str:
-        """``ws://host:port/path`` of the WebSocket endpoint."""
+        """``ws://host:port/path`` (``wss://`` with TLS) of the WebSocket endpoint."""
         host = self.config.host
         if ":" in host:
             host = f"[{host}]"
         elif host in ("0.0.0.0", ""):
             host = "127.0.0.1"
-        return f"ws://{host}:{self.port}{self.config.path}"
+        scheme = "ws" if self.ssl_context is None else "wss"
+        return f"{scheme}://{host}:{self.port}{self.config.path}"
 
     @property
     def metrics(self) -> Metrics:
@@ -97,19 +108,23 @@ class Server:
 
     def connections(self) -> list[Connection]:
         """The connections open now, oldest first."""
-        return list(self._core.registry.connections)
+        return self._connections()
+
+    def _connections(self) -> list[Connection]:
+        # The registry knows its members by a small protocol; here they are Connections.
+        return cast("list[Connection]", list(self._core.registry.connections))
 
     def deliver_user(self, user_id: str, obj: Any) -> int:
         """Send ``obj`` to every connection of ``user_id``; returns how many it reached."""
-        return self._core.deliver(self._core.registry.user(user_id), obj)
+        return self._core.hub.deliver(User(user_id), obj)
 
     def deliver_session(self, user_id: str, session_id: str, obj: Any) -> int:
         """Send ``obj`` to the connections of one session; returns how many it reached."""
-        return self._core.deliver(self._core.registry.session(user_id, session_id), obj)
+        return self._core.hub.deliver(Session(user_id, session_id), obj)
 
     def deliver_channel(self, channel: str, obj: Any) -> int:
         """Send ``obj`` to every member of ``channel``; returns how many it reached."""
-        return self._core.deliver(self._core.registry.channel(channel), obj)
+        return self._core.hub.deliver(Channel(channel), obj)
 
     def send_info(self, destination: Destination, info: Any) -> int:
         """Post ``info`` to ``Handler.handle_info`` of every connection at ``destination``.
@@ -118,11 +133,11 @@ class Server:
         :class:`Session`, :class:`Channel` or :class:`Group`. Returns how many connections
         it reached. Never blocks; each mailbox is bounded (``outbox_size``).
         """
-        return self._core.send_info(destination, info)
+        return self._core.hub.send_info(destination, info)
 
     def publish(self, group: str, info: Any) -> int:
         """Post ``info`` to ``handle_info`` of every member of ``group``; how many it reached."""
-        return self._core.send_info(Group(group), info)
+        return self._core.hub.send_info(Group(group), info)
 
     def disconnect(
         self, user_id: str, session_id: str | None = None, code: int = 1000, reason: str = ""
@@ -134,7 +149,8 @@ class Server:
         Raises:
             ValueError: ``code`` is not a close code a server may send.
         """
-        return self._core.disconnect(user_id, session_id, code, reason)
+        destination = User(user_id) if session_id is None else Session(user_id, session_id)
+        return self._core.hub.disconnect(destination, code, reason)
 
     def shutdown(self) -> None:
         """Begin a graceful shutdown and return at once.
@@ -166,7 +182,7 @@ class Server:
         if self._started:
             raise RuntimeError("a Server can only be started once")
         self._started = True
-        self._listeners = _open_listeners(self.config)
+        self._listeners = open_listeners(self.config)
         self.port = self._listeners[0].getsockname()[1]
         cork = self._core.cork
         # A Trio instrument by duck typing: its after_task_step flushes held-back writes.
@@ -177,9 +193,15 @@ class Server:
             async with trio.open_nursery() as nursery:
                 self._core.nursery = nursery
                 for lsock in self._listeners:
-                    nursery.start_soon(self._accept_loop, lsock, nursery)
-                nursery.start_soon(self._sweeper)
-                log.info("listening", host=self.config.host, port=self.port, path=self.config.path)
+                    nursery.start_soon(accept_loop, lsock, nursery, self._handle)
+                nursery.start_soon(sweep, self._core, self._connections)
+                log.info(
+                    "listening",
+                    host=self.config.host,
+                    port=self.port,
+                    path=self.config.path,
+                    tls=self.ssl_context is not None,
+                )
                 task_status.started(self)
                 await self._shutdown.wait()
                 await self._graceful_stop()
@@ -196,10 +218,10 @@ class Server:
         core = self._core
         core.shutting_down = True
         self._close_listeners()
-        conns = list(core.registry.connections)
+        conns = self._connections()
         log.info("shutting_down", connections=len(conns), drain_timeout=self.config.drain_timeout)
         for conn in conns:
-            conn._go_away()
+            conn._close_for("shutdown", 1001)
         with trio.move_on_after(self.config.drain_timeout):
             while len(core.registry) or core.handshakes:
                 await self._drained.park()
@@ -210,129 +232,65 @@ class Server:
                 trio.lowlevel.notify_closing(lsock)
                 lsock.close()
 
-    async def _accept_loop(self, lsock: socket.socket, nursery: trio.Nursery) -> None:
-        backoff = 0.0
-        while True:
-            try:
-                await wait_readable(lsock)
-            except (trio.ClosedResourceError, OSError):
-                return
-            for _ in range(ACCEPTS_PER_WAKEUP):
-                try:
-                    sock, addr = lsock.accept()
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    if exc.errno in _FD_EXHAUSTED:
-                        # Out of file descriptors: back off instead of spinning; the
-                        # pending clients wait in the backlog.
-                        backoff = min(max(backoff * 2, 0.01), 1.0)
-                        log.error("accept_failed", error=str(exc), retry_in=backoff)
-                        await trio.sleep(backoff)
-                    elif lsock.fileno() == -1:
-                        return
-                    break
-                backoff = 0.0
-                sock.setblocking(False)
-                if sock.family in (socket.AF_INET, socket.AF_INET6):
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                nursery.start_soon(self._handle, sock, addr[:2])
+    async def serve_stream(self, stream: trio.abc.Stream, peer: tuple[str, int] = ("", 0)) -> None:
+        """Serve one client over ``stream``, as if it had connected to the listener.
+
+        Any :class:`trio.abc.Stream` works: one end of ``trio.testing.memory_stream_pair``
+        drives a handler in tests without a socket, with every rule, limit and close code
+        of a real connection. The client speaks HTTP and WebSocket over the other end.
+        Returns when the client's connection is over; the stream is closed then. A
+        checkpoint.
+
+        Raises:
+            RuntimeError: the server is not running.
+        """
+        if self._core.nursery is None or self._stopped.is_set():
+            raise RuntimeError("the server is not running: start it with nursery.start(serve)")
+        await self._serve_transport(StreamTransport(stream), peer)
 
     async def _handle(self, sock: socket.socket, peer: tuple[str, int]) -> None:
-        """One TCP connection, from the request head to the end of the WebSocket."""
+        """One accepted TCP connection: plain (the fast path) or TLS (a stream)."""
+        if self.ssl_context is None:
+            await self._serve_transport(SocketTransport(sock), peer)
+            return
+        stream = trio.SSLStream(
+            trio.SocketStream(trio.socket.from_stdlib_socket(sock)),
+            self.ssl_context,
+            server_side=True,
+        )
+        await self._serve_transport(StreamTransport(stream), peer)
+
+    async def _serve_transport(self, transport: Transport, peer: tuple[str, int]) -> None:
+        """One client, from the request head to the end of the WebSocket."""
         core = self._core
         try:
-            conn = await handle_request(core, sock, peer)
+            conn = await handle_request(core, transport, peer)
             if conn is not None:
                 await conn._run()
         except Exception:
             # A bug of ours must never take the server down with it.
             log.exception("connection_crashed", peer=peer)
         finally:
-            if sock.fileno() != -1:
-                trio.lowlevel.notify_closing(sock)
-                sock.close()
+            if isinstance(transport, SocketTransport):
+                transport.close_now()
+            else:
+                with trio.CancelScope(shield=True):
+                    await transport.aclose(graceful=False)
             if core.shutting_down:
                 self._drained.unpark_all()
-
-    async def _sweeper(self) -> None:
-        """Check every connection's timers: idle, age, keepalive, close deadline."""
-        cfg = self.config
-        periods = [
-            t
-            for t in (
-                cfg.idle_timeout,
-                cfg.max_connection_age,
-                cfg.ping_interval,
-                cfg.ping_timeout,
-                cfg.close_timeout,
-            )
-            if t is not None
-        ]
-        tick = min(max(min(periods) / 10, 0.005), 1.0)
-        registry = self._core.registry
-        cork = self._core.cork
-        while True:
-            await trio.sleep(tick)
-            # The cork flushes at the end of every task step; should Trio ever have dropped
-            # it as an instrument, held-back frames still leave within a tick.
-            _flush(cork)
-            now = trio.current_time()
-            for conn in list(registry.connections):
-                try:
-                    conn._check_timers(now)
-                except Exception:  # a bug of ours must not stop every other timer
-                    log.exception("timer_check_failed", user_id=conn.user_id)
-
-
-def _flush(cork: Cork) -> None:
-    try:
-        cork.flush()
-    except Exception:  # a bug of ours (a wake callback failed) must not stop the server
-        log.exception("cork_flush_failed")
-
-
-def _open_listeners(config: Config) -> list[socket.socket]:
-    """Bind every address ``host`` resolves to (all on the same port)."""
-    infos = socket.getaddrinfo(
-        config.host or None,
-        config.port,
-        type=socket.SOCK_STREAM,
-        flags=socket.AI_PASSIVE,
-    )
-    seen: set[Any] = set()
-    listeners: list[socket.socket] = []
-    port = config.port
-    try:
-        for family, type_, proto, _, addr in infos:
-            if (family, addr) in seen:
-                continue
-            seen.add((family, addr))
-            sock = socket.socket(family, type_, proto)
-            listeners.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if config.reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind((addr[0], port, *addr[2:]))
-            port = sock.getsockname()[1]
-            sock.listen(config.backlog)
-            sock.setblocking(False)
-    except BaseException:
-        for sock in listeners:
-            sock.close()
-        raise
-    return listeners
 
 
 async def serve(
     handler: Handler | type[Handler],
     config: Config | None = None,
     *,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``handler`` with ``config`` until shut down or cancelled.
+
+    ``ssl_context`` serves ``wss://`` with that TLS context (``Config.tls_certfile`` builds
+    one for you).
 
     Use with ``await nursery.start(serve, handler, config)``, which returns the running
     :class:`Server` (its ``port`` is the bound port, so ``port=0`` works in tests).
@@ -341,7 +299,7 @@ async def serve(
         OSError: the address cannot be bound.
         TypeError: ``handler`` is not a Handler.
     """
-    await Server(handler, config).serve(task_status=task_status)
+    await Server(handler, config, ssl_context=ssl_context).serve(task_status=task_status)
 
 
 def run(handler: Handler | type[Handler], config: Config | None = None) -> None:
@@ -387,3 +345,26 @@ async def _run_main(handler: Handler | type[Handler], config: Config | None) -> 
             nursery.start_soon(watch_signals)
             await server.wait_stopped()
             nursery.cancel_scope.cancel()
+
+
+def make_ssl_context(config: Config) -> ssl.SSLContext:
+    """The server's TLS context from ``tls_certfile``, ``tls_keyfile`` and ``tls_ca_file``.
+
+    Raises:
+        ConfigError: a file cannot be read or is not a certificate or key; names the setting.
+    """
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["http/1.1"])
+    try:
+        ctx.load_cert_chain(cast(str, config.tls_certfile), config.tls_keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        name = "tls_certfile" if config.tls_keyfile is None else "tls_certfile/tls_keyfile"
+        raise ConfigError(name, f"cannot load the certificate and key: {exc}") from None
+    if config.tls_ca_file is not None:
+        try:
+            ctx.load_verify_locations(cafile=config.tls_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError("tls_ca_file", f"cannot load the CA file: {exc}") from None
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx

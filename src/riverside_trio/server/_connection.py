@@ -1,71 +1,57 @@
-"""One WebSocket connection: its state, the outbox and its writer, callbacks, closing.
+"""One WebSocket connection: its state, its public API, callbacks and closing.
 
-The rules of a connection (reading is in ``_reader.py``, infos and names in
-``_mailbox.py``, both mixed into :class:`Connection`):
+The connection is three objects around one state: this :class:`Connection` (what handlers
+see, and the rules), its :class:`~._reader.Reader` (bytes in) and its
+:class:`~._writer.Writer` (frames out), over one transport (a plain socket, or any Trio
+stream: TLS, memory streams). The rules:
 
-- One task per connection reads: it drains everything the socket has (a non-blocking
-  ``recv`` first, parking on ``wait_readable`` only when the kernel says EAGAIN), feeds it
-  to the compiled frame parser, and runs ``init`` / ``handle_message`` / ``terminate``.
-- Outgoing frames go through the connection's :class:`~riverside_trio.frames.Outbox`:
-  written to the socket without awaiting when nothing is queued (held back by the
-  server's :class:`~riverside_trio.frames.Cork` until the task step ends, so one step's
-  frames leave in one ``send``), else queued (bounded by ``outbox_size`` and
-  ``outbox_bytes``) for a writer task, started only when the kernel refuses bytes and
-  ending when the queue is empty. A full outbox applies ``outbox_policy``: close 1008
-  ``slow_consumer``, or drop the oldest or the newest message.
+- One task per connection reads and runs ``init`` / ``handle_message`` / ``terminate``.
 - Side tasks (the writer, the ``handle_info`` runner, child tasks) run in the server's
   nursery, each under a cancel scope of the connection's, cancelled when it ends: an
   idle connection has no nursery of its own.
-- ``handle_info`` runs in a short-lived task started when something is posted; a gate
-  keeps it from overlapping ``handle_message``, ``init`` and ``terminate``.
+- Callbacks never overlap: a gate (no lock on the fast path) orders ``init``,
+  ``handle_message``, ``handle_info`` and ``terminate``.
 - Closing: the first close wins and fixes the TerminateReason; the connection leaves every
-  delivery group at once. After our close frame is out, data messages are dropped until the
-  client's close frame arrives; the server then closes TCP. A client that does not answer
-  within ``close_timeout`` is cut off. A protocol violation sends its close code and closes
-  TCP without waiting.
-- Timers (idle, age, keepalive, close timeout) are checked by the server's sweeper, so an
-  idle connection costs one parked task and no timer of its own.
+  delivery destination at once. After our close frame is out, data messages are dropped
+  until the client's close frame arrives; the server then closes TCP. A client that does
+  not answer within ``close_timeout`` is cut off. A protocol violation sends its close code
+  and closes without waiting. Every close the server starts carries a machine-readable
+  reason: the TerminateReason kind (``idle_timeout``, ``slow_consumer``, ...).
+- Timers (idle, age, keepalive, close timeout) are checked by the server's sweeper
+  (``_sweeper.py``), so an idle connection costs one parked task and no timer of its own.
 - ``terminate(reason)`` runs exactly once, shielded and time-boxed, after the reader ends.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
-from trio.lowlevel import ParkingLot, checkpoint, wait_writable
+from trio.lowlevel import ParkingLot
 
-from ._deflate import Inflater
-from ._mailbox import Mailbox
-from ._reader import READS_PER_CHECKPOINT, Reader
-from .errors import CloseConnection, ConnectionClosed
-from .frames import (
-    OP_PING,
-    PUSH_FULL,
-    PUSH_QUEUED,
-    FrameParser,
-    Outbox,
-    TokenBucket,
-    encode_close,
-    encode_frame,
-)
-from .handler import AuthRequest, TerminateReason
+from ..destinations import Channel, Session, User
+from ..errors import CloseConnection, ConnectionClosed
+from ..handler import AuthRequest, TaskFailed, TaskResult, TerminateReason
+from ..wire.frames import PUSH_FULL, PUSH_QUEUED, encode_close
+from ._reader import Reader
+from ._transport import Transport
+from ._writer import Writer
 
 if TYPE_CHECKING:
+    from ..wire.deflate import Inflater
     from ._core import Core
+    from ._server import Server
 
 __all__ = ["Connection"]
 
 log = structlog.get_logger("riverside_trio.connection")
 
 
-class Connection(Reader, Mailbox):
+class Connection:
     """An open WebSocket connection, as handler callbacks receive it.
 
     Every method is synchronous and never blocks: deliveries are encoded once and written
@@ -77,17 +63,15 @@ class Connection(Reader, Mailbox):
         "__weakref__",
         "_aborted",
         "_activity",
-        "_bucket",
         "_channels",
         "_close_deadline",
         "_close_sent",
         "_core",
-        "_deflate",
         "_ended",
         "_gate_busy",
         "_gate_lot",
         "_groups",
-        "_inflight",
+        "_inflater",
         "_info_task",
         "_infos",
         "_last_ping",
@@ -95,14 +79,14 @@ class Connection(Reader, Mailbox):
         "_names",
         "_opened_at",
         "_outbox",
-        "_parser",
         "_ping_sent_at",
+        "_reader",
         "_reason",
         "_scope",
         "_side",
         "_side_lot",
-        "_sock",
-        "_writer_running",
+        "_transport",
+        "_writer",
         "request",
         "session_id",
         "state",
@@ -113,7 +97,7 @@ class Connection(Reader, Mailbox):
     def __init__(
         self,
         core: Core,
-        sock: socket.socket,
+        transport: Transport,
         request: AuthRequest,
         *,
         user_id: str,
@@ -121,37 +105,24 @@ class Connection(Reader, Mailbox):
         state: Any,
         subprotocol: str | None,
         leftover: bytes,
-        deflate: Inflater | None = None,
+        inflater: Inflater | None = None,
     ) -> None:
-        cfg = core.config
         self._core = core
-        self._sock = sock
+        self._transport = transport
         self.request = request
         self.user_id = user_id
         self.session_id = session_id
         self.state = state
         self.subprotocol = subprotocol
-        self._channels: set[str] | None = None  # made on the first join
+        # Membership, owned (written) by the registry alone; made on the first join.
+        self._channels: set[str] | None = None
         self._names: set[str] | None = None
         self._groups: set[str] | None = None
-        self._outbox = Outbox(
-            sock,
-            cfg.outbox_size,
-            cfg.outbox_bytes,
-            self._wake_writer,
-            drop_oldest=cfg.outbox_policy == "drop_oldest",
-            cork=core.cork,
-        )
-        self._deflate = deflate
-        self._parser = FrameParser(cfg.max_message_size, deflate=deflate is not None)
-        if leftover:
-            self._parser.feed(leftover)
+        self._inflater = inflater
+        self._writer = Writer(self, transport)
+        self._outbox = self._writer.outbox
+        self._reader = Reader(self, transport, leftover, inflater)
         now = trio.current_time()
-        self._bucket = (
-            TokenBucket(cfg.transmission_limit, cfg.transmission_period, now)
-            if cfg.transmission_limit
-            else None
-        )
         self._activity = False
         self._opened_at = now
         self._last_rx = now
@@ -161,12 +132,10 @@ class Connection(Reader, Mailbox):
         self._close_deadline: float | None = None
         self._reason: TerminateReason | None = None
         self._aborted = False
-        self._writer_running = False
         self._gate_busy = False
         self._gate_lot: ParkingLot | None = None  # made when two callbacks first contend
         self._infos: deque[Any] | None = None  # made on the first send_info
         self._info_task = False
-        self._inflight: memoryview | None = None
         self._scope: trio.CancelScope | None = None  # the reading task's, for _abort
         self._side: set[trio.CancelScope] | None = None  # scopes of running side tasks
         self._side_lot: ParkingLot | None = None
@@ -197,11 +166,28 @@ class Connection(Reader, Mailbox):
         """The channels this connection is a member of."""
         return frozenset(self._channels or ())
 
+    @property
+    def names(self) -> frozenset[str]:
+        """The unique names this connection holds."""
+        return frozenset(self._names or ())
+
+    @property
+    def groups(self) -> frozenset[str]:
+        """The groups this connection is a member of."""
+        return frozenset(self._groups or ())
+
+    @property
+    def server(self) -> Server:
+        """The server this connection belongs to (delivery and infos to anyone)."""
+        assert self._core.server is not None
+        return self._core.server
+
     def send(self, obj: Any) -> int:
         """Encode ``obj`` with the handler's codec and send it to this client.
 
         Returns 1 when it was written or queued, 0 when the outbox was full (the connection
-        is then shed with 1008 ``slow_consumer``).
+        is then shed with 1008 ``slow_consumer``, or the message dropped, by
+        ``outbox_policy``).
 
         Raises:
             ConnectionClosed: the connection is closing or closed.
@@ -209,11 +195,12 @@ class Connection(Reader, Mailbox):
         """
         if self._close_sent or self._outbox.closed:
             raise ConnectionClosed(*self._closed_args())
-        if self._deflate is None:
-            frame, text = self._core.encode(obj)
+        hub = self._core.hub
+        if self._inflater is None:
+            frame, text = hub.encode(obj)
         else:
-            data, text = self._core.payload(obj)
-            frame = self._core.compressed_frame(data, text)
+            data, text = hub.payload(obj)
+            frame = hub.compressed_frame(data, text)
         status = self._outbox.push(frame)
         if status <= PUSH_QUEUED:
             if text:
@@ -229,15 +216,15 @@ class Connection(Reader, Mailbox):
 
     def deliver_user(self, user_id: str, obj: Any) -> int:
         """Send ``obj`` to every connection of ``user_id`` (all their devices)."""
-        return self._core.deliver(self._core.registry.user(user_id), obj)
+        return self._core.hub.deliver(User(user_id), obj)
 
     def deliver_session(self, user_id: str, session_id: str, obj: Any) -> int:
         """Send ``obj`` to the connections of one session of ``user_id``."""
-        return self._core.deliver(self._core.registry.session(user_id, session_id), obj)
+        return self._core.hub.deliver(Session(user_id, session_id), obj)
 
     def deliver_channel(self, channel: str, obj: Any) -> int:
         """Send ``obj`` to every member of ``channel``, this connection included if it is one."""
-        return self._core.deliver(self._core.registry.channel(channel), obj)
+        return self._core.hub.deliver(Channel(channel), obj)
 
     def join_channel(self, channel: str) -> bool:
         """Join ``channel``; joining twice is harmless and still delivers once.
@@ -247,15 +234,66 @@ class Connection(Reader, Mailbox):
         Raises:
             ConnectionClosed: the connection has ended.
         """
-        if not isinstance(channel, str) or not channel:
-            raise TypeError(f"channel must be a non-empty str, got {channel!r}")
-        if self._close_sent or self._outbox.closed:
-            raise ConnectionClosed(*self._closed_args())
+        self._check_member_name(channel, "channel")
         return self._core.registry.join(self, channel)
 
     def leave_channel(self, channel: str) -> bool:
         """Leave ``channel``; returns False if the connection was not a member."""
         return self._core.registry.leave(self, channel)
+
+    def register_name(self, name: str) -> None:
+        """Hold the unique ``name``: ``server.send_info(name, info)`` reaches this connection.
+
+        The name is freed when the connection closes. Registering a name this connection
+        holds already does nothing.
+
+        Raises:
+            NameInUseError: another connection holds ``name``.
+            ConnectionClosed: this connection is closing or closed.
+        """
+        self._check_member_name(name, "name")
+        self._core.registry.register_name(self, name)
+
+    def unregister_name(self, name: str) -> bool:
+        """Free ``name``; False if this connection did not hold it."""
+        return self._core.registry.unregister_name(self, name)
+
+    def join_group(self, group: str) -> bool:
+        """Join ``group``: ``server.publish(group, info)`` reaches this connection's
+        ``handle_info``. Returns False if it was a member already.
+
+        Raises:
+            ConnectionClosed: this connection is closing or closed.
+        """
+        self._check_member_name(group, "group")
+        return self._core.registry.join_group(self, group)
+
+    def leave_group(self, group: str) -> bool:
+        """Leave ``group``; False if this connection was not a member."""
+        return self._core.registry.leave_group(self, group)
+
+    def send_info(self, info: Any) -> None:
+        """Post ``info`` to this connection's ``Handler.handle_info``.
+
+        It runs after the callback in progress, never overlapping it. The mailbox holds up
+        to ``outbox_size`` infos; past that ``outbox_policy`` applies. Posting to a closed
+        connection does nothing.
+        """
+        self._post_info(info)
+
+    def start_task(self, fn: Callable[..., Awaitable[Any]], *args: Any, name: str = "") -> None:
+        """Run ``await fn(*args)`` as a child task of this connection.
+
+        Its return value arrives in ``handle_info`` as :class:`TaskResult`, an exception as
+        :class:`TaskFailed` (logged too). The task is cancelled when the connection ends.
+
+        Raises:
+            ConnectionClosed: this connection is closing or closed.
+        """
+        if self._close_sent or not self._spawn(
+            self._child, fn, args, name or getattr(fn, "__name__", "task")
+        ):
+            raise ConnectionClosed(*self._closed_args())
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake with ``code`` and ``reason``; ``terminate`` follows.
@@ -264,6 +302,12 @@ class Connection(Reader, Mailbox):
             ValueError: ``code`` is not a close code a server may send.
         """
         self._initiate_close(code, reason, "closed")
+
+    def _check_member_name(self, value: object, what: str) -> None:
+        if not isinstance(value, str) or not value:
+            raise TypeError(f"{what} must be a non-empty str, got {value!r}")
+        if self._close_sent or self._outbox.closed:
+            raise ConnectionClosed(*self._closed_args())
 
     # ------------------------------------------------------------------ closing
 
@@ -282,23 +326,60 @@ class Connection(Reader, Mailbox):
         self._close_deadline = trio.current_time() + self._core.config.close_timeout
         if self._infos:
             self._infos.clear()
-        self._push_control(frame)
+        self._writer.push_control(frame)
+
+    def _close_for(self, kind: str, code: int) -> None:
+        """Close on the server's initiative, with the machine-readable reason ``kind``."""
+        self._initiate_close(code, kind, kind)
 
     def _mark_closing(self) -> None:
-        """No more data frames: leave every delivery group (the close frame is last)."""
+        """No more data frames: leave every delivery destination (the close frame is last)."""
         if not self._close_sent:
             self._close_sent = True
             self._core.registry.unroute(self)
 
-    def _pending(self) -> bytes:
-        rest = bytes(self._inflight) if self._inflight is not None else b""
-        self._inflight = None
-        return rest + self._outbox.take()
+    def _on_close(self, code: int, reason: str) -> None:
+        """The client's close frame: an answer to ours, or its own request to close."""
+        if not self._close_sent:
+            self._reason = TerminateReason("remote", code, reason)
+            self._mark_closing()
+            # Echo the code (RFC 6455 5.5.1); 1005 "no status" gets an empty close frame, and
+            # a code only a client may send (1010) is answered with 1000.
+            try:
+                frame = encode_close(None if code == 1005 else code)
+            except ValueError:
+                frame = encode_close(1000)
+            self._writer.push_control(frame)
+        elif self._reason is None:
+            self._reason = TerminateReason("remote", code, reason)
+
+    def _fail(self, code: int, reason: str, kind: str) -> None:
+        """Fail the connection: our close frame, then TCP closes without waiting.
+
+        The close reason is ``kind``, then the detail: ``protocol_error: <what>``.
+        """
+        if kind == "message_too_big":
+            text = kind
+        else:
+            text = f"{kind}: {reason}".encode()[:123].decode("utf-8", "ignore")
+        if self._reason is None or not self._close_sent:
+            self._reason = TerminateReason(kind, code, text)
+        if not self._close_sent:
+            self._mark_closing()
+            self._writer.push_control(encode_close(code, text))
+
+    def _lost(self) -> None:
+        """TCP ended without (the rest of) the closing handshake."""
+        if self._reason is None:
+            self._reason = TerminateReason("remote", 1006, "")
+        self._mark_closing()
 
     def _overflow(self) -> None:
         """A message did not fit the outbox (or mailbox): shed, or count the drop."""
         if self._core.close_on_overflow:
-            self._shed()
+            if not self._close_sent:
+                self._core.warn("slow_consumer", user_id=self.user_id, session_id=self.session_id)
+                self._close_for("slow_consumer", 1008)
         else:
             self._dropped()
 
@@ -306,17 +387,17 @@ class Connection(Reader, Mailbox):
         self._core.metrics.dropped_messages += 1
         self._core.warn("message_dropped", user_id=self.user_id, session_id=self.session_id)
 
-    def _shed(self) -> None:
-        """The outbox is full: close 1008 ``slow_consumer``."""
-        if not self._close_sent:
-            self._core.warn("slow_consumer", user_id=self.user_id, session_id=self.session_id)
-            self._initiate_close(1008, "slow_consumer", "slow_consumer")
-
     def _abort(self) -> None:
         """Stop now: the client did not finish the closing handshake, or the socket broke."""
         self._aborted = True
         if self._scope is not None:
             self._scope.cancel()
+
+    def _push_ping_or_pong(self, frame: bytes) -> None:
+        """Queue a ping or pong; a full outbox is the client's problem (outbox_policy): a
+        client that pings without reading is shed, or its pongs are dropped."""
+        if self._outbox.push(frame) == PUSH_FULL:
+            self._overflow()
 
     # ------------------------------------------------------------------ the task
 
@@ -325,19 +406,19 @@ class Connection(Reader, Mailbox):
         core = self._core
         core.registry.add(self)
         core.metrics.sessions_total += 1
-        if self._deflate is not None:
-            core.deflate_connections += 1
+        if self._inflater is not None:
+            core.hub.deflate_connections += 1
         try:
             # No nursery of its own (it would cost every idle connection): the side tasks
             # run in the server's nursery under scopes of this connection (_spawn).
             with trio.CancelScope() as self._scope:
                 await self._callback(core.handler.init, self, failed="init_failed")
-                await self._read_loop()
+                await self._reader.run()
         finally:
             self._ended = True
             core.registry.remove(self)
-            if self._deflate is not None:
-                core.deflate_connections -= 1
+            if self._inflater is not None:
+                core.hub.deflate_connections -= 1
             if core.config.outbox_policy == "drop_oldest":  # keep the metric monotonic
                 core.metrics.dropped_messages += self._outbox.dropped_frames
             # Cancelled from outside (the server is being torn down), cut off after the
@@ -348,6 +429,37 @@ class Connection(Reader, Mailbox):
                 if self._side:
                     await self._stop_side_tasks()
                 await self._finish(0 if hurry else core.config.close_timeout)
+
+    async def _finish(self, flush_timeout: float) -> None:
+        """Flush what is queued (bounded by flush_timeout), close, run terminate."""
+        core = self._core
+        reason = self._reason or TerminateReason("remote", 1006, "")
+        self._reason = reason
+        if self._writer.busy:
+            with trio.move_on_after(flush_timeout):
+                await self._writer.flush()
+        self._outbox.close()
+        self._transport.send_eof()
+        await self._transport.aclose(graceful=flush_timeout > 0)
+        core.metrics.disconnects[reason.kind] += 1
+        core.metrics.observe_duration(trio.current_time() - self._opened_at)
+        if not core.has_terminate:
+            return
+        with trio.move_on_after(core.config.terminate_timeout) as scope:
+            await self._gate_enter()
+            try:
+                await core.handler.terminate(reason, self)
+            except Exception:
+                log.exception("terminate_failed", user_id=self.user_id, session_id=self.session_id)
+            finally:
+                self._gate_exit()
+        if scope.cancelled_caught:
+            log.warning(
+                "terminate_timeout",
+                user_id=self.user_id,
+                session_id=self.session_id,
+                timeout=core.config.terminate_timeout,
+            )
 
     # ------------------------------------------------------------------ side tasks
 
@@ -397,54 +509,44 @@ class Connection(Reader, Mailbox):
         while side:
             await lot.park()
 
-    async def _finish(self, flush_timeout: float) -> None:
-        """Flush what is queued (bounded by flush_timeout), close TCP, run terminate."""
-        core = self._core
-        reason = self._reason or TerminateReason("remote", 1006, "")
-        self._reason = reason
-        if self._outbox.queued_frames or self._inflight is not None:
-            with trio.move_on_after(flush_timeout):
-                await self._flush()
-        self._outbox.close()
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_WR)
-        trio.lowlevel.notify_closing(self._sock)
-        self._sock.close()
-        core.metrics.disconnects[reason.kind] += 1
-        core.metrics.observe_duration(trio.current_time() - self._opened_at)
-        if not core.has_terminate:
-            return
-        with trio.move_on_after(core.config.terminate_timeout) as scope:
-            await self._gate_enter()
-            try:
-                await core.handler.terminate(reason, self)
-            except Exception:
-                log.exception("terminate_failed", user_id=self.user_id, session_id=self.session_id)
-            finally:
-                self._gate_exit()
-        if scope.cancelled_caught:
-            log.warning(
-                "terminate_timeout",
-                user_id=self.user_id,
-                session_id=self.session_id,
-                timeout=core.config.terminate_timeout,
-            )
+    async def _child(self, fn: Callable[..., Awaitable[Any]], args: Any, name: str) -> None:
+        try:
+            value = await fn(*args)
+        except Exception as exc:
+            log.exception("task_failed", task=name, user_id=self.user_id)
+            self._post_info(TaskFailed(name, exc))
+        else:
+            self._post_info(TaskResult(name, value))
 
-    def _push_control(self, frame: bytes) -> None:
-        """Queue a close frame: past a full outbox if need be (it is the last frame).
+    # ------------------------------------------------------------------ infos
 
-        When the outbox is full (a shed client), whatever is queued goes first, since a
-        frame may be half sent, then the close frame.
-        """
-        if self._outbox.push(frame) == PUSH_FULL:
-            self._inflight = memoryview(self._pending() + frame)
-            self._wake_writer()
+    def _post_info(self, info: Any) -> int:
+        """Queue ``info`` for handle_info; 1 if queued (or queued after dropping), else 0."""
+        if self._outbox.closed or self._ended or self._close_sent:
+            return 0
+        infos = self._infos
+        if infos is None:
+            infos = self._infos = deque()
+        elif len(infos) >= self._core.config.outbox_size:
+            if self._core.config.outbox_policy == "drop_oldest":
+                infos.popleft()
+                self._dropped()
+            else:
+                self._overflow()
+                return 0
+        infos.append(info)
+        if not self._info_task:
+            self._info_task = self._spawn(self._run_infos)
+        return 1
 
-    def _push_ping_or_pong(self, frame: bytes) -> None:
-        """Queue a ping or pong; a full outbox is the client's problem (outbox_policy): a
-        client that pings without reading is shed, or its pongs are dropped."""
-        if self._outbox.push(frame) == PUSH_FULL:
-            self._overflow()
+    async def _run_infos(self) -> None:
+        handler = self._core.handler
+        try:
+            while self._infos and not self._close_sent:
+                info = self._infos.popleft()
+                await self._callback(handler.handle_info, info, self)
+        finally:
+            self._info_task = False
 
     # ------------------------------------------------------------------ callbacks
 
@@ -461,7 +563,7 @@ class Connection(Reader, Mailbox):
                 self._initiate_close(exc.code, exc.reason, "stop")
             except ValueError:
                 log.error("bad_close_code", code=exc.code, user_id=self.user_id)
-                self._initiate_close(1011, "internal error", "internal_error")
+                self._close_for("internal_error", 1011)
             return False
         except Exception as exc:
             if isinstance(exc, ConnectionClosed) and self._close_sent:
@@ -473,8 +575,8 @@ class Connection(Reader, Mailbox):
                 session_id=self.session_id,
             )
             if not self._close_sent:
-                self._reason = TerminateReason(failed, 1011, "internal error")
-            self._initiate_close(1011, "internal error", failed)
+                self._reason = TerminateReason(failed, 1011, failed)
+            self._close_for(failed, 1011)
             return False
         finally:
             self._gate_exit()
@@ -491,87 +593,3 @@ class Connection(Reader, Mailbox):
         self._gate_busy = False
         if self._gate_lot:
             self._gate_lot.unpark()
-
-    # ------------------------------------------------------------------ writing
-
-    def _wake_writer(self) -> None:
-        """Something is queued: start the writer task unless it runs already."""
-        if not self._writer_running:
-            # Once the connection has ended, its final flush sends the rest.
-            self._writer_running = self._spawn(self._write_loop)
-
-    async def _write_loop(self) -> None:
-        """Drain the outbox, then end: an idle connection keeps no writer task."""
-        outbox = self._outbox
-        try:
-            while outbox.queued_frames or self._inflight is not None or outbox.error:
-                await self._flush()
-                if outbox.closed:
-                    # The socket broke under a write: stop reading too.
-                    self._lost()
-                    self._abort()
-                    return
-        finally:
-            self._writer_running = False
-
-    async def _flush(self) -> None:
-        """Send everything queued, in order; on a broken socket, close the outbox."""
-        outbox = self._outbox
-        sock = self._sock
-        outbox.writing = True
-        sends = 0
-        try:
-            while True:
-                data = self._inflight
-                if data is None:
-                    if not outbox.queued_frames:
-                        return
-                    data = self._inflight = memoryview(outbox.take())
-                try:
-                    n = sock.send(data)
-                except BlockingIOError:
-                    await wait_writable(sock)
-                    continue
-                except OSError:
-                    self._inflight = None
-                    outbox.close()
-                    self._lost()
-                    return
-                self._inflight = data[n:] if n < len(data) else None
-                sends += 1
-                if sends >= READS_PER_CHECKPOINT:
-                    sends = 0
-                    await checkpoint()
-        finally:
-            outbox.writing = False
-
-    # ------------------------------------------------------------------ timers
-
-    def _check_timers(self, now: float) -> None:
-        """Called by the server's sweeper: idle, age, keepalive and close deadlines."""
-        cfg = self._core.config
-        if self._close_deadline is not None:
-            if now >= self._close_deadline:
-                self._abort()
-            return
-        if self._activity:
-            self._activity = False
-            self._last_rx = now
-        elif cfg.idle_timeout is not None and now - self._last_rx >= cfg.idle_timeout:
-            self._initiate_close(1000, "idle timeout", "idle_timeout")
-            return
-        if cfg.max_connection_age is not None and now - self._opened_at >= cfg.max_connection_age:
-            self._initiate_close(1000, "connection too old", "over_age")
-            return
-        if cfg.ping_interval is not None:
-            if self._ping_sent_at is not None:
-                if now - self._ping_sent_at >= cfg.ping_timeout:
-                    self._initiate_close(1011, "keepalive timeout", "keepalive_timeout")
-            elif now - self._last_ping >= cfg.ping_interval:
-                self._last_ping = now
-                self._ping_sent_at = now
-                self._push_ping_or_pong(encode_frame(OP_PING, b"riverside"))
-
-    def _go_away(self) -> None:
-        """Server shutdown: close 1001."""
-        self._initiate_close(1001, "server shutting down", "shutdown")

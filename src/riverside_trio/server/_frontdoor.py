@@ -19,25 +19,15 @@ Decisions, in order (RFC 6455 section 4.2.1 for the upgrade):
 
 from __future__ import annotations
 
-import base64
-import binascii
-import contextlib
-import hashlib
-import socket
-from http import HTTPStatus
 from urllib.parse import parse_qsl, unquote
 
 import h11
 import structlog
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST
-from trio.lowlevel import wait_readable, wait_writable
 
-from ._connection import Connection
-from ._core import Core
-from ._deflate import Inflater, negotiate
-from .errors import AuthError
-from .handler import (
+from ..errors import AuthError
+from ..handler import (
     Accept,
     AuthRequest,
     Handler,
@@ -46,188 +36,78 @@ from .handler import (
     HTTPResponse,
     new_session_id,
 )
+from ..wire.deflate import Inflater, negotiate
+from ..wire.handshake import (
+    build_headers,
+    is_ws_path,
+    response,
+    switching_protocols,
+    tokens,
+    valid_key,
+)
+from ._connection import Connection
+from ._core import Core
+from ._transport import Transport
 
 __all__ = ["handle_request"]
 
 log = structlog.get_logger("riverside_trio.http")
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-RECV_SIZE = 16384
 
-
-def _recv_now(sock: socket.socket) -> bytes | None:
-    """What the socket has now, without waiting: None if nothing; b"" at EOF or on a reset."""
-    try:
-        return sock.recv(RECV_SIZE)
-    except BlockingIOError:
-        return None
-    except OSError:
-        return b""
-
-
-async def _recv(sock: socket.socket) -> bytes:
-    """Some bytes from the socket; b"" at EOF or on a reset."""
-    while (data := _recv_now(sock)) is None:
-        await wait_readable(sock)
-    return data
-
-
-async def _next_event(conn: h11.Connection, sock: socket.socket) -> object:
-    """h11's next event, reading from the socket as long as it needs data.
+async def _next_event(conn: h11.Connection, transport: Transport) -> object:
+    """h11's next event, reading from the transport as long as it needs data.
 
     Raises:
         h11.RemoteProtocolError: the client sent something that is not HTTP/1.1.
     """
     while (event := conn.next_event()) is h11.NEED_DATA:
-        conn.receive_data(await _recv(sock))
+        conn.receive_data(await transport.receive())
     return event
 
 
-async def send_all(sock: socket.socket, data: bytes) -> bool:
-    """Write all of ``data``; False if the peer is gone."""
-    view = memoryview(data)
-    while view:
-        try:
-            n = sock.send(view)
-        except BlockingIOError:
-            await wait_writable(sock)
-            continue
-        except OSError:
-            return False
-        view = view[n:]
-    return True
-
-
-def _response(
-    status: int,
-    body: bytes | str = b"",
-    headers: list[tuple[str, str]] | tuple[tuple[str, str], ...] = (),
-    content_type: str = "text/plain; charset=utf-8",
-    head: bool = False,
-) -> bytes:
-    """A whole HTTP/1.1 response that ends the connection.
-
-    Raises:
-        ValueError: a header name or value would break the response (CR, LF, ':' in a name).
-    """
-    if isinstance(body, str):
-        body = body.encode("utf-8")
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = ""
-    extra = []
-    for name, value in headers:
-        if not name or any(c in name for c in "\r\n: ") or any(c in value for c in "\r\n"):
-            raise ValueError(f"invalid response header {name!r}: {value!r}")
-        lower = name.lower()
-        if lower == "content-type":
-            content_type = value  # the caller's replaces the default
-        elif lower not in ("content-length", "connection", "transfer-encoding"):
-            extra.append(f"{name}: {value}")  # framing headers are ours alone
-    lines = [
-        f"HTTP/1.1 {status} {phrase}",
-        "Server: riverside-trio",
-        f"Content-Type: {content_type}",
-        f"Content-Length: {len(body)}",
-        "Connection: close",
-        *extra,
-    ]
-    out = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    return out if head else out + body
-
-
-async def _close_after_response(sock: socket.socket, data: bytes) -> None:
+async def _close_after_response(transport: Transport, data: bytes) -> None:
     """Send a whole response, then close without resetting what is still in flight."""
-    if await send_all(sock, data):
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_WR)
+    if await transport.send_all(data):
+        transport.send_eof()
         # Read (and drop) what the client still sends, briefly, so close() sends FIN, not RST.
         with trio.move_on_after(1.0):
             drained = 0
             while drained < 65536:
-                chunk = await _recv(sock)
+                chunk = await transport.receive()
                 if not chunk:
                     break
                 drained += len(chunk)
 
 
-# Header names, and the values of headers that repeat from client to client, are shared
-# between requests instead of held once per connection. Bounded: a client cannot grow it.
-_SHARED_VALUES = frozenset(
-    {
-        b"host",
-        b"upgrade",
-        b"connection",
-        b"sec-websocket-version",
-        b"sec-websocket-extensions",
-        b"origin",
-        b"user-agent",
-        b"accept-encoding",
-        b"accept-language",
-        b"cache-control",
-        b"pragma",
-    }
-)
-_CACHE_LIMIT = 4096
-_cache: dict[bytes, str] = {}
-
-
-def _shared(raw: bytes) -> str:
-    text = _cache.get(raw)
-    if text is None:
-        text = raw.decode("latin-1")
-        if len(_cache) < _CACHE_LIMIT:
-            _cache[raw] = text
-    return text
-
-
-def _name(raw: bytes) -> str:
-    return _shared(raw)  # h11 gives names lower-cased
-
-
-def _value(name: bytes, raw: bytes) -> str:
-    return _shared(raw) if name in _SHARED_VALUES else raw.decode("latin-1")
-
-
-def _is_ws_path(pattern: str, path: str) -> bool:
-    """``Config.path`` is one path, or a prefix ending in ``*`` (``/*``: every path)."""
-    if pattern.endswith("*"):
-        return path.startswith(pattern[:-1])
-    return path == pattern
-
-
-def _tokens(headers: Headers, name: str) -> list[str]:
-    return [t.strip().lower() for v in headers.get_all(name) for t in v.split(",") if t.strip()]
-
-
 async def handle_request(
-    core: Core, sock: socket.socket, peer: tuple[str, int]
+    core: Core, transport: Transport, peer: tuple[str, int]
 ) -> Connection | None:
     """Read one request; answer it, or complete the upgrade and return the new Connection.
 
-    The caller owns ``sock``: when this returns None the response (if any) was sent and
-    the socket can be closed.
+    The caller owns ``transport``: when this returns None the response (if any) was sent
+    and the transport can be closed.
     """
     cfg = core.config
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=cfg.max_header_size)
     try:
         # The whole head is usually there already: then no timeout scope is needed.
-        first = _recv_now(sock)
+        first = transport.recv_now()
         event: object = h11.NEED_DATA
         if first is not None:
             conn.receive_data(first)
             event = conn.next_event()
         if event is h11.NEED_DATA:
             with trio.move_on_after(cfg.handshake_timeout) as scope:
-                event = await _next_event(conn, sock)
+                event = await _next_event(conn, transport)
             if scope.cancelled_caught:
-                await _close_after_response(sock, _response(408, "request head took too long\n"))
+                await _close_after_response(
+                    transport, response(408, "request head took too long\n")
+                )
                 return None
     except h11.RemoteProtocolError as exc:
         status = exc.error_status_hint if exc.error_status_hint in (400, 431) else 400
         log.debug("bad_request", peer=peer, status=status, error=str(exc))
-        await _close_after_response(sock, _response(status, f"{exc}\n"))
+        await _close_after_response(transport, response(status, f"{exc}\n"))
         return None
     request = event if isinstance(event, h11.Request) else None
     if request is None:
@@ -236,74 +116,69 @@ async def handle_request(
     head_size = len(request.method) + len(request.target) + 12
     head_size += sum(len(k) + len(v) + 4 for k, v in request.headers)
     if head_size > cfg.max_header_size:
-        await _close_after_response(sock, _response(431, "request header fields too large\n"))
+        await _close_after_response(transport, response(431, "request header fields too large\n"))
         return None
 
     method = request.method.decode("ascii", "replace")
     target = request.target.decode("ascii", "replace")
     raw_path, _, query_string = target.partition("?")
     path = unquote(raw_path)
-    headers = Headers(flat=[x for k, v in request.headers for x in (_name(k), _value(k, v))])
+    headers = build_headers(request.headers)
     head = method == "HEAD"
 
-    ws_path = _is_ws_path(cfg.path, path)
-    if "websocket" not in _tokens(headers, "upgrade"):
+    ws_path = is_ws_path(cfg.path, path)
+    if "websocket" not in tokens(headers, "upgrade"):
         if path == cfg.health_path and method in ("GET", "HEAD"):
-            data = _response(200, "OK", head=head)
+            data = response(200, "OK", head=head)
         elif (
             cfg.metrics_path is not None and path == cfg.metrics_path and method in ("GET", "HEAD")
         ):
-            data = _response(
-                200, core.metrics.render(), content_type=CONTENT_TYPE_LATEST, head=head
-            )
+            data = response(200, core.metrics.render(), content_type=CONTENT_TYPE_LATEST, head=head)
         elif ws_path and method == "GET":
-            data = _response(
+            data = response(
                 426,
                 "this endpoint speaks WebSocket: send an upgrade request\n",
                 [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")],
             )
         elif ws_path:
-            data = _response(405, "method not allowed\n", [("Allow", "GET")], head=head)
+            data = response(405, "method not allowed\n", [("Allow", "GET")], head=head)
         else:
-            data = await _user_route(core, conn, sock, method, path, query_string, headers, peer)
-        await _close_after_response(sock, data)
+            data = await _user_route(
+                core, conn, transport, method, path, query_string, headers, peer
+            )
+        await _close_after_response(transport, data)
         return None
 
     # ---- an upgrade request
     if not ws_path:
-        return await _reject(core, sock, 404, "no WebSocket endpoint here\n")
+        return await _reject(core, transport, 404, "no WebSocket endpoint here\n")
     if method != "GET":
-        return await _reject(core, sock, 400, "a WebSocket upgrade must be a GET\n")
+        return await _reject(core, transport, 400, "a WebSocket upgrade must be a GET\n")
     if request.http_version != b"1.1":
-        return await _reject(core, sock, 400, "a WebSocket upgrade needs HTTP/1.1\n")
-    if "upgrade" not in _tokens(headers, "connection"):
-        return await _reject(core, sock, 400, "Connection: Upgrade is missing\n")
-    versions = headers.get_all("sec-websocket-version")
-    if versions != ["13"]:
+        return await _reject(core, transport, 400, "a WebSocket upgrade needs HTTP/1.1\n")
+    if "upgrade" not in tokens(headers, "connection"):
+        return await _reject(core, transport, 400, "Connection: Upgrade is missing\n")
+    if headers.get_all("sec-websocket-version") != ["13"]:
         return await _reject(
             core,
-            sock,
+            transport,
             400,
             "unsupported Sec-WebSocket-Version: this server speaks 13\n",
             [("Sec-WebSocket-Version", "13")],
         )
     keys = headers.get_all("sec-websocket-key")
     key = keys[0].strip() if len(keys) == 1 else ""
-    try:
-        valid_key = len(base64.b64decode(key, validate=True)) == 16
-    except (binascii.Error, ValueError):
-        valid_key = False
-    if not valid_key:
-        return await _reject(core, sock, 400, "Sec-WebSocket-Key must be 16 bytes in base64\n")
+    if not valid_key(key):
+        return await _reject(core, transport, 400, "Sec-WebSocket-Key must be 16 bytes in base64\n")
     origin = headers.get("origin")
     if cfg.allowed_origins is not None and (
         origin is None or origin.lower() not in cfg.allowed_origins
     ):
-        return await _reject(core, sock, 403, "origin not allowed\n")
+        return await _reject(core, transport, 403, "origin not allowed\n")
     if core.shutting_down:
-        return await _reject(core, sock, 503, "server shutting down\n", [("Retry-After", "5")])
+        return await _reject(core, transport, 503, "server shutting down\n", [("Retry-After", "5")])
     if len(core.registry) + core.handshakes >= cfg.max_connections:
-        return await _reject(core, sock, 503, "too many connections\n", [("Retry-After", "5")])
+        return await _reject(core, transport, 503, "too many connections\n", [("Retry-After", "5")])
 
     query_list = tuple(parse_qsl(query_string, keep_blank_values=True))
     forwarded = headers.get("x-forwarded-for")
@@ -324,52 +199,47 @@ async def handle_request(
     core.handshakes += 1
     try:
         try:
-            accept = await _authenticate(core, sock, auth_request)
+            accept = await _authenticate(core, transport, auth_request)
         except _ClientGone:
             log.debug("client_gone_during_authenticate", peer=peer)
             return None
         except AuthError as exc:
-            return await _reject(core, sock, exc.status, exc.body, exc.headers)
+            return await _reject(core, transport, exc.status, exc.body, exc.headers)
         except Exception:
             log.exception("authenticate_failed", peer=peer, path=path)
-            return await _reject(core, sock, 500, "internal error\n")
+            return await _reject(core, transport, 500, "internal error\n")
         if not isinstance(accept, Accept):
             log.error("authenticate_bad_result", result=repr(accept)[:200], peer=peer)
-            return await _reject(core, sock, 500, "internal error\n")
+            return await _reject(core, transport, 500, "internal error\n")
         if accept.subprotocol is not None and accept.subprotocol not in auth_request.subprotocols:
             log.error("subprotocol_not_offered", subprotocol=accept.subprotocol, peer=peer)
-            return await _reject(core, sock, 500, "internal error\n")
+            return await _reject(core, transport, 500, "internal error\n")
         if core.shutting_down:
-            return await _reject(core, sock, 503, "server shutting down\n", [("Retry-After", "5")])
+            return await _reject(
+                core, transport, 503, "server shutting down\n", [("Retry-After", "5")]
+            )
 
-        digest = hashlib.sha1(key.encode("ascii") + GUID).digest()
-        lines = [
-            b"HTTP/1.1 101 Switching Protocols",
-            b"Upgrade: websocket",
-            b"Connection: Upgrade",
-            b"Sec-WebSocket-Accept: " + base64.b64encode(digest),
-        ]
-        if accept.subprotocol is not None:
-            lines.append(b"Sec-WebSocket-Protocol: " + accept.subprotocol.encode("latin-1"))
         inflater = None
+        extensions = None
         if cfg.permessage_deflate:
             agreed = negotiate(headers.get_all("sec-websocket-extensions"))
             if agreed is not None:
-                answer, client_resets = agreed
-                lines.append(b"Sec-WebSocket-Extensions: " + answer.encode("ascii"))
+                extensions, client_resets = agreed
                 inflater = Inflater(cfg.max_message_size, client_resets)
-        if not await send_all(sock, b"\r\n".join(lines) + b"\r\n\r\n"):
+        if not await transport.send_all(switching_protocols(key, accept.subprotocol, extensions)):
             return None
+        leftover = conn.trailing_data[0]
+        early = transport.recv_now() if transport.sock is None else None
         return Connection(
             core,
-            sock,
+            transport,
             auth_request,
             user_id=accept.user_id,
             session_id=accept.session_id or new_session_id(),
             state={} if accept.state is None else accept.state,
             subprotocol=accept.subprotocol,
-            leftover=conn.trailing_data[0],
-            deflate=inflater,
+            leftover=leftover + early if early else leftover,
+            inflater=inflater,
         )
     finally:
         core.handshakes -= 1
@@ -379,7 +249,7 @@ class _ClientGone(Exception):
     pass
 
 
-async def _authenticate(core: Core, sock: socket.socket, req: AuthRequest) -> object:
+async def _authenticate(core: Core, transport: Transport, req: AuthRequest) -> object:
     """Run ``Handler.authenticate``, cancelling it if the client hangs up meanwhile.
 
     Raises:
@@ -391,7 +261,7 @@ async def _authenticate(core: Core, sock: socket.socket, req: AuthRequest) -> ob
         return await authenticate(req)  # the default never waits: nothing to watch
     outcome: list[object] = []
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_cancel_on_eof, sock, nursery.cancel_scope)
+        nursery.start_soon(_cancel_on_hangup, transport, nursery.cancel_scope)
         try:
             outcome.append(await authenticate(req))
         except Exception as exc:
@@ -404,43 +274,34 @@ async def _authenticate(core: Core, sock: socket.socket, req: AuthRequest) -> ob
     return outcome[0]
 
 
-async def _cancel_on_eof(sock: socket.socket, scope: trio.CancelScope) -> None:
-    """Cancel ``scope`` when the client closes (EOF or reset); stop watching on data."""
-    while True:
-        await wait_readable(sock)
-        try:
-            peeked = sock.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
-            continue
-        except OSError:
-            peeked = b""
-        if not peeked:
-            scope.cancel()
-        return
+async def _cancel_on_hangup(transport: Transport, scope: trio.CancelScope) -> None:
+    """Cancel ``scope`` when the client closes (EOF or reset)."""
+    await transport.wait_hangup()
+    scope.cancel()
 
 
 async def _reject(
     core: Core,
-    sock: socket.socket,
+    transport: Transport,
     status: int,
     body: bytes | str,
     headers: list[tuple[str, str]] | tuple[tuple[str, str], ...] = (),
 ) -> Connection | None:
     """Answer an upgrade with an HTTP error; returns None (so callers can return it)."""
     try:
-        data = _response(status, body, headers)
+        data = response(status, body, headers)
     except (ValueError, UnicodeEncodeError) as exc:
         log.error("bad_rejection_headers", error=str(exc), status=status)
-        status, data = 500, _response(500, "internal error\n")
+        status, data = 500, response(500, "internal error\n")
     core.metrics.rejected[status] += 1
-    await _close_after_response(sock, data)
+    await _close_after_response(transport, data)
     return None
 
 
 async def _user_route(
     core: Core,
     conn: h11.Connection,
-    sock: socket.socket,
+    transport: Transport,
     method: str,
     path: str,
     query_string: str,
@@ -451,14 +312,14 @@ async def _user_route(
     body = bytearray()
     with trio.move_on_after(core.config.handshake_timeout) as scope:
         try:
-            while isinstance(event := await _next_event(conn, sock), h11.Data):
+            while isinstance(event := await _next_event(conn, transport), h11.Data):
                 body += event.data
                 if len(body) > core.config.max_message_size:
-                    return _response(413, "request body too large\n")
+                    return response(413, "request body too large\n")
         except h11.RemoteProtocolError as exc:
-            return _response(400, f"{exc}\n")
+            return response(400, f"{exc}\n")
     if scope.cancelled_caught:
-        return _response(408, "request took too long\n")
+        return response(408, "request took too long\n")
     req = HTTPRequest(
         method=method,
         path=path,
@@ -471,16 +332,16 @@ async def _user_route(
         resp = await core.handler.handle_http(req)
     except Exception:
         log.exception("handle_http_failed", path=path, method=method)
-        return _response(500, "internal error\n")
+        return response(500, "internal error\n")
     if resp is None:
-        return _response(404, "not found\n", head=method == "HEAD")
+        return response(404, "not found\n", head=method == "HEAD")
     if not isinstance(resp, HTTPResponse):
         log.error("handle_http_bad_result", result=repr(resp)[:200], path=path)
-        return _response(500, "internal error\n")
+        return response(500, "internal error\n")
     try:
-        return _response(
+        return response(
             resp.status, resp.body, list(resp.headers), resp.content_type, head=method == "HEAD"
         )
     except (ValueError, TypeError, UnicodeEncodeError) as exc:
         log.error("handle_http_bad_response", error=str(exc), path=path)
-        return _response(500, "internal error\n")
+        return response(500, "internal error\n")

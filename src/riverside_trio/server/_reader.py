@@ -1,0 +1,205 @@
+"""The reading half of a connection: bytes in, events out, handler called.
+
+The read loop awaits as little as it can. Over a plain socket it tries a non-blocking
+``recv`` first, parks on ``wait_readable`` only after a read that drained the socket (or
+EAGAIN), and checkpoints every ``READS_PER_CHECKPOINT`` reads without a park; over a stream
+each read is a ``receive_some``. Either way the bytes go to the compiled frame parser and
+each event to the connection's rules, and the loop yields to other tasks after
+``EVENTS_PER_CHECKPOINT`` events of one burst, so one client's flood cannot hold the
+scheduler.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+import structlog
+import trio
+from trio.lowlevel import checkpoint, wait_readable
+
+from ..errors import ProtocolError
+from ..handler import ControlFrame
+from ..wire.frames import (
+    EV_BINARY,
+    EV_BINARY_DEFLATED,
+    EV_PING,
+    EV_PONG,
+    EV_TEXT,
+    EV_TEXT_DEFLATED,
+    OP_PONG,
+    FrameParser,
+    TokenBucket,
+    encode_frame,
+)
+from ._transport import RECV_SIZE, SocketTransport, Transport
+
+if TYPE_CHECKING:
+    from ..wire.deflate import Inflater
+    from ._connection import Connection
+
+__all__ = ["EVENTS_PER_CHECKPOINT", "READS_PER_CHECKPOINT", "Reader"]
+
+log = structlog.get_logger("riverside_trio.connection")
+
+# Reads without a park before the task yields to the scheduler anyway.
+READS_PER_CHECKPOINT = 16
+# Events dispatched from one burst of reads before the task yields to the scheduler.
+EVENTS_PER_CHECKPOINT = 64
+_SKIP = object()  # a message that was counted but goes no further
+
+
+class Reader:
+    """Reads, parses and dispatches the incoming frames of one connection."""
+
+    __slots__ = ("_bucket", "_conn", "_inflater", "parser", "transport")
+
+    def __init__(
+        self, conn: Connection, transport: Transport, leftover: bytes, inflater: Inflater | None
+    ) -> None:
+        cfg = conn._core.config
+        self._conn = conn
+        self.transport = transport
+        self._inflater = inflater
+        self.parser = FrameParser(cfg.max_message_size, deflate=inflater is not None)
+        if leftover:
+            self.parser.feed(leftover)
+        now = trio.current_time()
+        self._bucket = (
+            TokenBucket(cfg.transmission_limit, cfg.transmission_period, now)
+            if cfg.transmission_limit
+            else None
+        )
+
+    async def run(self) -> None:
+        """Read, parse and dispatch until the connection is over."""
+        # No bound methods are kept across a park: an idle connection holds as few objects
+        # as it can (each one is work for the garbage collector).
+        conn = self._conn
+        transport = self.transport
+        sock = transport.sock if isinstance(transport, SocketTransport) else None
+        parser = self.parser
+        metrics = conn._core.metrics
+        handler = conn._core.handler
+        drained = not parser.buffered  # nothing came with the handshake: wait for data
+        reads = 0
+        events = 0
+        while True:
+            # Dispatch every complete event the parser has.
+            try:
+                while (event := parser.next_event()) is not None:
+                    events += 1
+                    if events >= EVENTS_PER_CHECKPOINT:
+                        events = 0
+                        await checkpoint()
+                    kind = event[0]
+                    if kind <= EV_BINARY:  # EV_TEXT, EV_BINARY
+                        if conn._close_sent:
+                            continue  # closing: data is dropped until the client's close
+                        msg = self._accept_message(kind == EV_TEXT, event[1])
+                        if msg is not _SKIP:
+                            await conn._callback(handler.handle_message, msg, conn)
+                    elif kind <= EV_BINARY_DEFLATED:  # a compressed message
+                        if conn._close_sent:
+                            continue
+                        text = kind == EV_TEXT_DEFLATED
+                        msg = self._accept_message(text, self._inflate(event[1], text))
+                        if msg is not _SKIP:
+                            await conn._callback(handler.handle_message, msg, conn)
+                    elif kind == EV_PING:
+                        metrics.incoming_control["ping"] += 1
+                        if not conn._close_sent:
+                            conn._push_ping_or_pong(encode_frame(OP_PONG, event[1]))
+                        if conn._core.wants_control:
+                            await self._control("ping", event[1])
+                    elif kind == EV_PONG:
+                        metrics.incoming_control["pong"] += 1
+                        conn._ping_sent_at = None
+                        if conn._core.wants_control:
+                            await self._control("pong", event[1])
+                    else:
+                        metrics.incoming_control["close"] += 1
+                        conn._on_close(event[1], event[2])
+                        return
+            except ProtocolError as exc:
+                kind_ = "message_too_big" if exc.code == 1009 else "protocol_error"
+                conn._fail(exc.code, exc.reason, kind_)
+                return
+            # Read more.
+            if sock is None:
+                events = 0
+                data = await transport.receive()  # always a checkpoint
+            else:
+                while True:
+                    if drained:
+                        reads = 0
+                        events = 0
+                        await wait_readable(sock)
+                    elif reads >= READS_PER_CHECKPOINT:
+                        reads = 0
+                        events = 0
+                        await checkpoint()
+                    try:
+                        data = sock.recv(RECV_SIZE)
+                    except BlockingIOError:
+                        drained = True
+                        continue
+                    except OSError:
+                        data = b""
+                    break
+                drained = len(data) < RECV_SIZE
+                reads += 1
+            if not data:
+                conn._lost()
+                return
+            conn._activity = True
+            parser.feed(data)
+
+    async def _control(self, kind: Literal["ping", "pong"], payload: bytes) -> None:
+        conn = self._conn
+        if not conn._close_sent:
+            frame = ControlFrame(kind, payload)
+            await conn._callback(conn._core.handler.handle_control, frame, conn)
+
+    def _inflate(self, payload: bytes, text: bool) -> str | bytes:
+        """Decompress a permessage-deflate message (capped at max_message_size).
+
+        Raises:
+            ProtocolError: 1009 past the limit, 1007 for corrupt data or invalid UTF-8.
+        """
+        assert self._inflater is not None
+        data = self._inflater.inflate(payload)
+        if not text:
+            return data
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(1007, "invalid UTF-8 in a text message") from None
+
+    def _accept_message(self, text: bool, payload: Any) -> Any:
+        """Count, rate-limit, type-check and decode one message; _SKIP if it goes no further."""
+        conn = self._conn
+        core = conn._core
+        if text:
+            core.metrics.incoming_text += 1
+        else:
+            core.metrics.incoming_binary += 1
+        bucket = self._bucket
+        if bucket is not None and not bucket.take(trio.current_time()):
+            conn._close_for("too_many_messages", 1008)
+            return _SKIP
+        if not (core.accepts_text if text else core.accepts_binary):
+            self._invalid("wrong_type", 1003)
+            return _SKIP
+        try:
+            return core.codec.decode(payload)
+        except Exception as exc:
+            # Counted in the metrics; logged at most once a second (a client may flood).
+            core.warn("undecodable_message", user_id=conn.user_id, error=str(exc)[:200])
+            self._invalid("undecodable", 1007)
+            return _SKIP
+
+    def _invalid(self, kind: str, code: int) -> None:
+        core = self._conn._core
+        core.metrics.invalid_messages[kind] += 1
+        if core.config.invalid_message == "close":
+            self._conn._close_for("invalid_message", code)
