@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import types
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -23,6 +22,7 @@ import riverside_trio
 from riverside_trio._demo import DemoHandler
 from riverside_trio.cli import _flag, main
 from riverside_trio.config import Config
+from riverside_trio.server import _server
 
 from ._helpers import read_listening_port
 
@@ -41,11 +41,9 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture
 def served(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, Config]]:
-    """Replace ``riverside_trio.server.run`` with a recorder of what it was given."""
+    """Replace ``riverside_trio.server._server.run`` with a recorder of what it was given."""
     calls: list[tuple[Any, Config]] = []
-    fake = types.ModuleType("riverside_trio.server")
-    fake.run = lambda handler, config: calls.append((handler, config))  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "riverside_trio.server", fake)
+    monkeypatch.setattr(_server, "run", lambda handler, config: calls.append((handler, config)))
     return calls
 
 

@@ -46,11 +46,11 @@ from .handler import TerminateReason as TerminateReason
 from .metrics import Metrics as Metrics
 
 # handlers and what passes through them
-from .server import Connection as Connection
+from .server._connection import Connection as Connection
 
 # running a server
-from .server import Server as Server
-from .server import run as run
-from .server import serve as serve
+from .server._server import Server as Server
+from .server._server import run as run
+from .server._server import serve as serve
 
 __version__ = "0.1.0"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .handler import Handler
 
 if TYPE_CHECKING:
-    from .server import Connection
+    from .server._connection import Connection
 
 __all__ = ["DemoHandler"]
 

@@ -92,7 +92,7 @@ def _serve(args: argparse.Namespace) -> int:
             log.exception("handler_import_failed", handler=args.handler)
             return 1
 
-    from .server import run  # imported late: the command must load even if the server cannot
+    from .server._server import run  # late: the command must load even if the server cannot
 
     try:
         run(handler, config)

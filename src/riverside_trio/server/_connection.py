@@ -27,28 +27,50 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import structlog
 import trio
 from trio.lowlevel import ParkingLot
 
+from .._values import AuthRequest, TaskFailed, TaskResult, TerminateReason
 from ..destinations import Channel, Session, User
 from ..errors import CloseConnection, ConnectionClosed
-from ..handler import AuthRequest, TaskFailed, TaskResult, TerminateReason
 from ..wire.frames import PUSH_FULL, PUSH_QUEUED, encode_close
 from ._reader import Reader
+from ._tasks import SideTasks
 from ._transport import Transport
 from ._writer import Writer
 
 if TYPE_CHECKING:
+    from ..destinations import Destination
+    from ..metrics import Metrics
     from ..wire.deflate import Inflater
     from ._core import Core
-    from ._server import Server
 
 __all__ = ["Connection"]
 
 log = structlog.get_logger("riverside_trio.connection")
+
+
+class ServerView(Protocol):
+    """What :attr:`Connection.server` offers: the :class:`~riverside_trio.Server`'s delivery
+    API (a small protocol, so that the connection does not import the server; see the
+    methods of Server for their documentation)."""
+
+    @property
+    def metrics(self) -> Metrics: ...
+    @property
+    def connection_count(self) -> int: ...
+    def connections(self) -> list[Connection]: ...
+    def deliver_user(self, user_id: str, obj: Any) -> int: ...
+    def deliver_session(self, user_id: str, session_id: str, obj: Any) -> int: ...
+    def deliver_channel(self, channel: str, obj: Any) -> int: ...
+    def send_info(self, destination: Destination, info: Any) -> int: ...
+    def publish(self, group: str, info: Any) -> int: ...
+    def disconnect(
+        self, user_id: str, session_id: str | None = None, code: int = 1000, reason: str = ""
+    ) -> int: ...
 
 
 class Connection:
@@ -84,7 +106,6 @@ class Connection:
         "_reason",
         "_scope",
         "_side",
-        "_side_lot",
         "_transport",
         "_writer",
         "request",
@@ -137,8 +158,7 @@ class Connection:
         self._infos: deque[Any] | None = None  # made on the first send_info
         self._info_task = False
         self._scope: trio.CancelScope | None = None  # the reading task's, for _abort
-        self._side: set[trio.CancelScope] | None = None  # scopes of running side tasks
-        self._side_lot: ParkingLot | None = None
+        self._side: SideTasks | None = None  # made when the first side task starts
         self._ended = False  # reading is over: no new side tasks
 
     def __repr__(self) -> str:
@@ -177,10 +197,11 @@ class Connection:
         return frozenset(self._groups or ())
 
     @property
-    def server(self) -> Server:
-        """The server this connection belongs to (delivery and infos to anyone)."""
+    def server(self) -> ServerView:
+        """The :class:`~riverside_trio.Server` this connection belongs to (delivery and
+        infos to anyone)."""
         assert self._core.server is not None
-        return self._core.server
+        return cast("ServerView", self._core.server)
 
     def send(self, obj: Any) -> int:
         """Encode ``obj`` with the handler's codec and send it to this client.
@@ -427,7 +448,7 @@ class Connection:
             hurry = self._aborted or trio.current_effective_deadline() == -math.inf
             with trio.CancelScope(shield=True):
                 if self._side:
-                    await self._stop_side_tasks()
+                    await self._side.stop()
                 await self._finish(0 if hurry else core.config.close_timeout)
 
     async def _finish(self, flush_timeout: float) -> None:
@@ -481,33 +502,13 @@ class Connection:
     async def _side_task(self, fn: Callable[..., Awaitable[object]], args: Any) -> None:
         if self._ended:
             return  # the connection ended before this task began
-        side = self._side
-        if side is None:
-            side = self._side = set()
-        scope = trio.CancelScope()
-        side.add(scope)
-        try:
-            with scope:
-                await fn(*args)
-        except Exception:
-            # A bug of ours: end this connection, never the server.
-            log.exception("connection_task_failed", user_id=self.user_id, task=fn.__name__)
-            self._lost()
-            self._abort()
-        finally:
-            side.discard(scope)
-            if not side and self._side_lot is not None:
-                self._side_lot.unpark_all()
+        if self._side is None:
+            self._side = SideTasks()
+        await self._side.run(fn, args, self._crashed, self.user_id)
 
-    async def _stop_side_tasks(self) -> None:
-        """Cancel the side tasks and wait until they have all returned."""
-        side = self._side
-        assert side is not None
-        for scope in side:
-            scope.cancel()
-        lot = self._side_lot = ParkingLot()
-        while side:
-            await lot.park()
+    def _crashed(self) -> None:
+        self._lost()
+        self._abort()
 
     async def _child(self, fn: Callable[..., Awaitable[Any]], args: Any, name: str) -> None:
         try:

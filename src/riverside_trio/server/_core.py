@@ -3,25 +3,36 @@ metrics, the cork and the server's nursery."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
 import trio
 
+from .._values import Accept, AuthRequest, ControlFrame, HTTPRequest, HTTPResponse, TerminateReason
 from ..codecs import check_codec
 from ..config import Config
 from ..delivery.hub import Hub
 from ..delivery.registry import Registry
-from ..handler import Handler
 from ..metrics import Metrics
 from ..wire.frames import Cork
 
-if TYPE_CHECKING:
-    from ._server import Server
+__all__ = ["Callbacks", "Core"]
 
-__all__ = ["Core"]
 
-log = structlog.get_logger("riverside_trio.server")
+class Callbacks(Protocol):
+    """What the server calls on a :class:`~riverside_trio.Handler` (``conn`` is a
+    Connection; a small protocol, so that the server's core does not import the handler)."""
+
+    async def authenticate(self, req: AuthRequest) -> Accept: ...
+    async def init(self, conn: Any) -> None: ...
+    async def handle_message(self, msg: Any, conn: Any) -> None: ...
+    async def handle_info(self, info: Any, conn: Any) -> None: ...
+    async def handle_control(self, frame: ControlFrame, conn: Any) -> None: ...
+    async def terminate(self, reason: TerminateReason, conn: Any) -> None: ...
+    async def handle_http(self, req: HTTPRequest) -> HTTPResponse | None: ...
+
+
+log = structlog.get_logger("riverside_trio.delivery")
 
 LOG_INTERVAL = 1.0  # seconds: repeated warnings are logged at most this often, with a count
 
@@ -29,7 +40,9 @@ LOG_INTERVAL = 1.0  # seconds: repeated warnings are logged at most this often, 
 class Core:
     """The state of one server that its connections reach through ``conn._core``."""
 
-    def __init__(self, handler: Handler, config: Config) -> None:
+    def __init__(self, handler: Callbacks, config: Config, *, overridden: frozenset[str]) -> None:
+        """``overridden``: the callbacks the handler's class defines itself (some cost
+        nothing when left alone: ``authenticate``, ``handle_control``, ``terminate``)."""
         self.handler = handler
         self.config = config
         self.codec = check_codec(getattr(handler, "codec", None))
@@ -45,7 +58,7 @@ class Core:
         self.hub = Hub(registry, self.codec, self.metrics, compress=config.permessage_deflate)
         self.shutting_down = False
         self.handshakes = 0  # upgrades between 'accepted' and 'registered'
-        self.server: Server | None = None
+        self.server: object = None  # the Server (Connection.server), once it runs
         # The server's nursery: connections start their side tasks (writer, handle_info,
         # child tasks) in it, each under a cancel scope of the connection's own.
         self.nursery: trio.Nursery | None = None
@@ -53,8 +66,9 @@ class Core:
         # deliveries leaves in one send per client (Server.serve installs it in Trio).
         self.cork = Cork()
         self.close_on_overflow = config.outbox_policy == "close"
-        self.wants_control = type(handler).handle_control is not Handler.handle_control
-        self.has_terminate = type(handler).terminate is not Handler.terminate
+        self.custom_authenticate = "authenticate" in overridden
+        self.wants_control = "handle_control" in overridden
+        self.has_terminate = "terminate" in overridden
         self._log_at: dict[str, float] = {}
         self._log_suppressed: dict[str, int] = {}
 

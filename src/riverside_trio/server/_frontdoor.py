@@ -26,16 +26,8 @@ import structlog
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from .._values import Accept, AuthRequest, Headers, HTTPRequest, HTTPResponse, new_session_id
 from ..errors import AuthError
-from ..handler import (
-    Accept,
-    AuthRequest,
-    Handler,
-    Headers,
-    HTTPRequest,
-    HTTPResponse,
-    new_session_id,
-)
 from ..wire.deflate import Inflater, negotiate
 from ..wire.handshake import (
     build_headers,
@@ -257,7 +249,7 @@ async def _authenticate(core: Core, transport: Transport, req: AuthRequest) -> o
         Exception: whatever authenticate raised.
     """
     authenticate = core.handler.authenticate
-    if type(core.handler).authenticate is Handler.authenticate:
+    if not core.custom_authenticate:
         return await authenticate(req)  # the default never waits: nothing to watch
     outcome: list[object] = []
     async with trio.open_nursery() as nursery:

@@ -11,14 +11,14 @@ scheduler.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import structlog
 import trio
 from trio.lowlevel import checkpoint, wait_readable
 
+from .._values import ControlFrame
 from ..errors import ProtocolError
-from ..handler import ControlFrame
 from ..wire.frames import (
     EV_BINARY,
     EV_BINARY_DEFLATED,
@@ -35,9 +35,9 @@ from ._transport import RECV_SIZE, SocketTransport, Transport
 
 if TYPE_CHECKING:
     from ..wire.deflate import Inflater
-    from ._connection import Connection
+    from ._core import Core
 
-__all__ = ["EVENTS_PER_CHECKPOINT", "READS_PER_CHECKPOINT", "Reader"]
+__all__ = ["EVENTS_PER_CHECKPOINT", "READS_PER_CHECKPOINT", "Reader", "Rules"]
 
 log = structlog.get_logger("riverside_trio.connection")
 
@@ -48,13 +48,31 @@ EVENTS_PER_CHECKPOINT = 64
 _SKIP = object()  # a message that was counted but goes no further
 
 
+class Rules(Protocol):
+    """What the reader needs of its connection (a small protocol: the connection owns the
+    reader, and the reader does not import the connection)."""
+
+    user_id: str
+    _core: Core
+    _close_sent: bool
+    _activity: bool
+    _ping_sent_at: float | None
+
+    async def _callback(self, fn: Any, *args: Any, failed: str = ...) -> bool: ...
+    def _push_ping_or_pong(self, frame: bytes) -> None: ...
+    def _on_close(self, code: int, reason: str) -> None: ...
+    def _fail(self, code: int, reason: str, kind: str) -> None: ...
+    def _lost(self) -> None: ...
+    def _close_for(self, kind: str, code: int) -> None: ...
+
+
 class Reader:
     """Reads, parses and dispatches the incoming frames of one connection."""
 
     __slots__ = ("_bucket", "_conn", "_inflater", "parser", "transport")
 
     def __init__(
-        self, conn: Connection, transport: Transport, leftover: bytes, inflater: Inflater | None
+        self, conn: Rules, transport: Transport, leftover: bytes, inflater: Inflater | None
     ) -> None:
         cfg = conn._core.config
         self._conn = conn

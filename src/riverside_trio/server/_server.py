@@ -68,7 +68,12 @@ class Server:
             ssl_context = make_ssl_context(self.config)
         self.ssl_context = ssl_context
         """The TLS context of ``wss://`` (None: plain ``ws://``)."""
-        self._core = Core(handler, self.config)
+        overridden = frozenset(
+            name
+            for name in ("authenticate", "handle_control", "terminate")
+            if getattr(type(handler), name) is not getattr(Handler, name)
+        )
+        self._core = Core(handler, self.config, overridden=overridden)
         self._core.server = self
         self._listeners: list[socket.socket] = []
         self._shutdown = trio.Event()

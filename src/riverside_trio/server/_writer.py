@@ -12,7 +12,8 @@ one is the connection's problem (``outbox_policy``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from trio.lowlevel import checkpoint, wait_writable
 
@@ -20,9 +21,21 @@ from ..wire.frames import PUSH_FULL, Outbox
 from ._transport import SocketTransport, Transport
 
 if TYPE_CHECKING:
-    from ._connection import Connection
+    from ._core import Core
 
-__all__ = ["SENDS_PER_CHECKPOINT", "Writer"]
+
+class Owner(Protocol):
+    """What the writer needs of its connection (a small protocol: the connection owns the
+    writer, and the writer does not import the connection)."""
+
+    _core: Core
+
+    def _spawn(self, fn: Callable[..., Awaitable[object]], *args: Any) -> bool: ...
+    def _lost(self) -> None: ...
+    def _abort(self) -> None: ...
+
+
+__all__ = ["SENDS_PER_CHECKPOINT", "Owner", "Writer"]
 
 # Sends without a park before the writer yields to the scheduler anyway.
 SENDS_PER_CHECKPOINT = 16
@@ -33,7 +46,7 @@ class Writer:
 
     __slots__ = ("_conn", "_inflight", "_running", "outbox", "transport")
 
-    def __init__(self, conn: Connection, transport: Transport) -> None:
+    def __init__(self, conn: Owner, transport: Transport) -> None:
         cfg = conn._core.config
         self._conn = conn
         self.transport = transport

@@ -10,7 +10,7 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Any, Final, final
 
-from ._frames_py import (
+from ._encode_py import (
     _SEND_FLAGS,
     PUSH_CLOSED,
     PUSH_FULL,

@@ -10,7 +10,7 @@ import codecs
 from typing import Any, Final, final
 
 from ..errors import ProtocolError as _ProtocolError
-from ._frames_py import _MAX_CONTROL_PAYLOAD, _OPCODES, _as_ssize
+from ._encode_py import _MAX_CONTROL_PAYLOAD, _OPCODES, _as_ssize
 
 __all__ = [
     "EV_BINARY",

@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from http import HTTPStatus
 
-from ..handler import Headers
+from .._values import Headers
 
 __all__ = [
     "accept_value",
