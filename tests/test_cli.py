@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -116,14 +117,30 @@ def test_bad_flag_value_exits_2_naming_the_setting(
     assert served == []
 
 
-def test_bad_environment_variable_exits_2(
+def test_bad_environment_value_exits_2(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, served: list[Any]
 ) -> None:
-    monkeypatch.setenv("RIVERSIDE_MAX_CONECTIONS", "5")
+    monkeypatch.setenv("RIVERSIDE_MAX_CONNECTIONS", "many")
     status, err = run_main(capsys)
     assert status == 2
-    assert "RIVERSIDE_MAX_CONECTIONS" in err
-    assert "did you mean 'RIVERSIDE_MAX_CONNECTIONS'" in err
+    assert "max_connections (from RIVERSIDE_MAX_CONNECTIONS)" in err
+    assert served == []
+
+
+def test_unknown_environment_variable_is_a_warning_not_an_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, served: list[Any]
+) -> None:
+    # An application's own variable (or .ci/run's RIVERSIDE_CI_VENV) must not stop the server.
+    monkeypatch.setenv("RIVERSIDE_MAX_CONECTIONS", "5")
+    monkeypatch.setenv("RIVERSIDE_CI_VENV", "/tmp/venv")
+    status, err = run_main(capsys, "--log-format", "json")
+    assert status == 0
+    assert len(served) == 1
+    events = [json.loads(line) for line in err.splitlines()]
+    warned = {e["variable"]: e["problem"] for e in events if e["level"] == "warning"}
+    assert set(warned) == {"RIVERSIDE_MAX_CONECTIONS", "RIVERSIDE_CI_VENV"}
+    assert "did you mean 'RIVERSIDE_MAX_CONNECTIONS'" in warned["RIVERSIDE_MAX_CONECTIONS"]
+    assert served[0][1].max_connections == Config().max_connections
 
 
 def test_missing_config_file_exits_2(
@@ -211,9 +228,64 @@ def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) 
     assert "serve" in capsys.readouterr().err
 
 
-def test_unknown_flag_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_flag_exits_2_suggesting_the_right_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     assert main(["serve", "--max-conections", "5"]) == 2
-    assert "--max-conections" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --max-conections" in err
+    assert "(did you mean --max-connections?)" in err
+
+
+def test_unknown_flag_far_from_any_gets_no_suggestion(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["serve", "--frobnicate"]) == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --frobnicate" in err
+    assert "did you mean" not in err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"riverside-trio {riverside_trio.__version__} (hot path: ")
+    assert out.count("\n") == 1
+
+
+def test_help_says_off_never_none(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "None" not in out
+    assert "--idle-timeout SECONDS|off" in out
+
+
+def _listening_socket(host: str = "127.0.0.1") -> socket.socket:
+    sock = socket.socket()
+    sock.bind((host, 0))
+    sock.listen()
+    return sock
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--host", "nosuchhost.invalid"], "host: cannot resolve 'nosuchhost.invalid'"),
+        (["--host", "192.0.2.1"], "host: '192.0.2.1' is not an address of this machine"),
+        ([], "is already in use (is another server running?); choose another --port"),
+    ],
+)
+def test_cannot_listen_is_one_line_naming_the_setting(
+    capsys: pytest.CaptureFixture[str], flags: list[str], expected: str
+) -> None:
+    with _listening_socket() as taken:
+        port = str(taken.getsockname()[1])
+        status, err = run_main(capsys, "--port", port, *flags)
+    assert status == 2
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert lines[-1].startswith("riverside-trio: error: ")
+    assert expected in lines[-1]
 
 
 # -- the handler ---------------------------------------------------------------------------

@@ -13,8 +13,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import errno
 import importlib
 import os
+import re
+import socket
 import sys
 import typing
 from collections.abc import Sequence
@@ -66,16 +69,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    unknown_env: list[tuple[str, str]] = []
     try:
         config = _config._load(
             toml_path=args.config,
             env=None,
             overrides=_flag_overrides(args),
             override_source=_flag,
+            on_unknown_env=lambda var, problem: unknown_env.append((var, problem)),
         )
     except ConfigError as exc:
         return _usage_error(str(exc))
     configure_logging(config.log_format, config.log_level)
+    for var, problem in unknown_env:
+        log.warning("unknown_environment_variable", variable=var, problem=problem)
     log.debug("config", **dataclasses.asdict(config))
 
     if args.handler is None:
@@ -98,7 +105,36 @@ def _serve(args: argparse.Namespace) -> int:
         run(handler, config)
     except KeyboardInterrupt:  # the server handles SIGINT; this is only a second Ctrl-C
         return 130
+    except BaseExceptionGroup as group:  # a bind error surfaces through the run's nursery
+        matched, rest = group.split(OSError)
+        if matched is None or rest is not None:
+            raise
+        return _usage_error(_bind_problem(_first_leaf(matched), config))
+    except OSError as exc:
+        return _usage_error(_bind_problem(exc, config))
     return 0
+
+
+def _first_leaf(group: BaseExceptionGroup[OSError]) -> OSError:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _bind_problem(exc: OSError, config: Config) -> str:
+    """One line naming what could not be bound and the setting to change."""
+    where = f"{config.host or '*'}:{config.port}"
+    if isinstance(exc, socket.gaierror):
+        return f"host: cannot resolve {config.host!r} ({exc.strerror}); set --host to an address"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"port: {where} is already in use (is another server running?); choose another --port"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        hint = " (ports below 1024 need privileges)" if 0 < config.port < 1024 else ""
+        return f"port: permission denied binding {where}{hint}; choose another --port"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"host: {config.host!r} is not an address of this machine; set --host"
+    return f"host/port: cannot listen on {where}: {exc.strerror or exc}"
 
 
 def _usage_error(message: str) -> int:
@@ -196,7 +232,8 @@ def _metavar(name: str) -> str:
 
 
 def _help(name: str) -> str:
-    doc = _config._field_docs().get(name, "")
+    # The docstring speaks Python (None); the command line's word for it is "off".
+    doc = re.sub(r'\bNone \("off"\)|\bNone\b', "off", _config._field_docs().get(name, ""))
     default = next(f.default for f in dataclasses.fields(Config) if f.name == name)
     if name == "allowed_origins":
         doc += " Repeat the flag for several origins."
@@ -205,11 +242,44 @@ def _help(name: str) -> str:
     return f"{doc} (default: {shown}; env {env})".replace("%", "%%")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a suggestion for a misspelt flag (``--max-conections``)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            parsers = [self]
+            for action in self._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    parsers.extend(action.choices.values())
+            known = [
+                opt
+                for parser in parsers
+                for action in parser._actions
+                for opt in action.option_strings
+                if opt.startswith("--")
+            ]
+            for arg in message.removeprefix(prefix).split():
+                flag = arg.partition("=")[0]
+                close = difflib.get_close_matches(flag, known, n=1, cutoff=0.7)
+                if flag.startswith("--") and close:
+                    message += f" (did you mean {close[0]}?)"
+                    break
+        super().error(message)
+
+
+def _version() -> str:
+    from . import __version__
+    from .wire.frames import IMPLEMENTATION
+
+    hot_path = "compiled" if IMPLEMENTATION == "c" else "pure Python"
+    return f"{PROG} {__version__} (hot path: {hot_path}; Python {sys.version.split()[0]})"
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="A WebSocket server framework for Trio."
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = _Parser(prog=PROG, description="A WebSocket server framework for Trio.")
+    parser.add_argument("--version", action="version", version=_version())
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     serve = commands.add_parser(
         "serve",
         help="run a WebSocket server",

@@ -25,9 +25,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import structlog
+
 from .errors import ConfigError
 
 __all__ = ["ENV_PREFIX", "Config", "load_config"]
+
+log = structlog.get_logger("riverside_trio.config")
 
 ENV_PREFIX = "RIVERSIDE_"
 """Environment variables named ``RIVERSIDE_<FIELD_UPPER>`` set the field of that name."""
@@ -211,12 +215,14 @@ def load_config(
             that is set, else no file. Optional settings accept the string ``"off"``.
         env: Environment variables, ``os.environ`` when None. ``RIVERSIDE_<NAME>`` sets the
             setting ``<name>``: ``off``/``none`` turns an optional setting off, booleans are
-            ``1/0/true/false/yes/no/on/off``, ``allowed_origins`` is comma-separated.
+            ``1/0/true/false/yes/no/on/off``, ``allowed_origins`` is comma-separated. A
+            ``RIVERSIDE_*`` variable that names no setting is logged as a warning (with the
+            closest setting's name) and ignored: an application may have its own.
         overrides: Setting values that win over everything, e.g. command-line flags.
 
     Raises:
-        ConfigError: a file is missing or malformed, a key or ``RIVERSIDE_*`` variable names
-            no setting (the closest setting is suggested), or a value is invalid; the
+        ConfigError: a file is missing or malformed, a file key or override names no
+            setting (the closest setting is suggested), or a value is invalid; the
             message names the setting and where its value came from.
     """
     return _load(toml_path=toml_path, env=env, overrides=overrides)
@@ -228,18 +234,30 @@ def load_config(
 _Layer = dict[str, tuple[object, str]]
 
 
+def _log_unknown_env(var: str, message: str) -> None:
+    log.warning("unknown_environment_variable", variable=var, problem=message)
+
+
 def _load(
     *,
     toml_path: str | os.PathLike[str] | None,
     env: Mapping[str, str] | None,
     overrides: Mapping[str, object] | None,
     override_source: Callable[[str], str] = lambda name: "overrides",
+    on_unknown_env: Callable[[str, str], None] = _log_unknown_env,
 ) -> Config:
-    """:func:`load_config`, naming each override's source with ``override_source(name)``."""
+    """:func:`load_config`, naming each override's source with ``override_source(name)``.
+
+    ``on_unknown_env(variable, message)`` hears of each ``RIVERSIDE_*`` variable that names
+    no setting (the default logs a warning).
+    """
     env = os.environ if env is None else env
     if toml_path is None and env.get("RIVERSIDE_CONFIG"):
         toml_path = env["RIVERSIDE_CONFIG"]
-    layers = [_toml_layer(toml_path) if toml_path is not None else {}, _env_layer(env)]
+    layers = [
+        _toml_layer(toml_path) if toml_path is not None else {},
+        _env_layer(env, on_unknown_env),
+    ]
     overrides_layer: _Layer = {}
     for name, value in (overrides or {}).items():
         if name not in _field_names():
@@ -297,15 +315,20 @@ def _toml_layer(path: str | os.PathLike[str]) -> _Layer:
     return layer
 
 
-def _env_layer(env: Mapping[str, str]) -> _Layer:
+def _env_layer(env: Mapping[str, str], on_unknown: Callable[[str, str], None]) -> _Layer:
     layer: _Layer = {}
     for var in sorted(env):
         if not var.startswith(ENV_PREFIX) or var in _OTHER_ENV_VARS:
             continue
         name = var.removeprefix(ENV_PREFIX).lower()
         if name not in _field_names():
-            known = [ENV_PREFIX + n.upper() for n in _field_names()]
-            raise ConfigError(var, f"no such setting{_suggest(var, known)}")
+            # An application's own RIVERSIDE_* variable must not stop the server: warn, with
+            # the setting it most likely meant (a typo in a real setting is still visible).
+            # Compare without the shared prefix, which would make any two names look alike.
+            close = difflib.get_close_matches(name, _field_names(), n=1, cutoff=0.75)
+            hint = f"; did you mean {ENV_PREFIX + close[0].upper()!r}?" if close else ""
+            on_unknown(var, f"not a setting, ignored{hint}")
+            continue
         layer[name] = (_parse_text(name, env[var], var), var)
     return layer
 
