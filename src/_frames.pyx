@@ -331,6 +331,83 @@ cdef class TokenBucket:
         return False
 
 
+# Memory budget ----------------------------------------------------------------------------
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class Budget:
+    """Bytes held for sending across many outboxes (and whatever else charges it), against
+    one limit: the node's memory budget for queued outgoing bytes.
+
+    Every outbox made with ``budget=`` charges the bytes it queues and credits those it
+    sends, drops or gives to its writer (``take``); the writer charges what it took until
+    it is written. ``used`` is the sum. Every charge of one byte or more that leaves ``used``
+    over ``limit`` calls ``on_over`` (with no arguments, after the charging outbox has
+    updated its state): it must only note that work is due (shedding, which touches outboxes, must
+    happen later, not inside the call). Nothing is refused: the budget counts, its owner
+    decides.
+
+    Args:
+        limit: The most bytes ``used`` may reach without ``on_over`` being called, >= 0.
+        on_over: Called with no arguments by each charge (of one byte or more) that leaves
+            ``used > limit``.
+
+    Raises:
+        TypeError: ``on_over`` is not callable.
+        ValueError: ``limit`` is negative.
+    """
+
+    cdef readonly Py_ssize_t limit
+    cdef readonly Py_ssize_t used
+    cdef object _on_over
+
+    def __init__(self, limit, on_over):
+        cdef Py_ssize_t value = limit  # TypeError, OverflowError
+        if value < 0:
+            raise ValueError(f"limit must not be negative, not {value}")
+        if not callable(on_over):
+            raise TypeError("on_over must be callable")
+        self.limit = value
+        self.used = 0
+        self._on_over = on_over
+
+    @property
+    def over(self):
+        """Whether ``used`` is over ``limit`` now."""
+        return self.used > self.limit
+
+    @cython.always_allow_keywords(False)
+    def charge(self, n):
+        """Add ``n`` bytes to ``used``; calls ``on_over`` if ``n > 0`` leaves it over the limit.
+
+        Raises:
+            ValueError: ``n`` is negative.
+        """
+        cdef Py_ssize_t size = n
+        if size < 0:
+            raise ValueError(f"cannot charge a negative number of bytes ({size})")
+        self._add(size)
+
+    @cython.always_allow_keywords(False)
+    def credit(self, n):
+        """Take ``n`` bytes off ``used``.
+
+        Raises:
+            ValueError: ``n`` is negative or more than ``used``.
+        """
+        cdef Py_ssize_t size = n
+        if size < 0 or size > self.used:
+            raise ValueError(f"cannot credit {size} bytes: {self.used} are charged")
+        self.used -= size
+
+    cdef int _add(self, Py_ssize_t delta) except -1:
+        """Charge (delta > 0) or credit (delta < 0) what an outbox queued or let go."""
+        self.used += delta
+        if delta > 0 and self.used > self.limit:
+            self._on_over()
+        return 0
+
+
 # Outboxes ---------------------------------------------------------------------------------
 
 cdef class Cork
@@ -368,6 +445,9 @@ cdef class Outbox:
             refusing the new one.
         cork: A :class:`Cork`, usually one per server: while it is active, a frame pushed
             into an idle outbox waits for the cork's ``flush`` instead of being sent at once.
+        budget: A :class:`Budget`, usually one per server: charged with every byte queued
+            here, credited with every byte that leaves the queue (sent, dropped, taken by
+            the writer, or let go by ``close``).
 
     Raises:
         TypeError: ``wake`` is not callable.
@@ -393,12 +473,21 @@ cdef class Outbox:
     cdef readonly Py_ssize_t dropped_frames
     cdef Cork _cork
     cdef bint _corked  # on the cork's list, with queued frames no writer was woken for
+    cdef Budget _budget
 
     def __cinit__(self):
         self._frames = []
 
     def __init__(
-        self, sock, max_frames, max_bytes, wake, *, bint drop_oldest=False, Cork cork=None
+        self,
+        sock,
+        max_frames,
+        max_bytes,
+        wake,
+        *,
+        bint drop_oldest=False,
+        Cork cork=None,
+        Budget budget=None,
     ):
         cdef Py_ssize_t frames_limit = max_frames
         cdef Py_ssize_t bytes_limit = max_bytes
@@ -415,11 +504,26 @@ cdef class Outbox:
         self._wake = wake
         self.drop_oldest = drop_oldest
         self._cork = cork
+        self._budget = budget
 
     @property
     def queued_frames(self):
         """Frames waiting for the writer task."""
         return len(self._frames) - self._head
+
+    @property
+    def budget(self):
+        """The :class:`Budget` this outbox charges, or None."""
+        return self._budget
+
+    cdef inline int _set_queued(self, Py_ssize_t n) except -1:
+        """Set ``queued_bytes``, charging or crediting the budget the difference (last, so
+        that its ``on_over`` sees this outbox's new state)."""
+        cdef Py_ssize_t old = self.queued_bytes
+        self.queued_bytes = n
+        if self._budget is not None and n != old:
+            self._budget._add(n - old)
+        return 0
 
     @cython.always_allow_keywords(False)  # METH_O: ``frame`` is positional-only, as in the twin
     def push(self, frame):
@@ -455,8 +559,8 @@ cdef class Outbox:
                 return _SENT
             rest = frame[sent:] if sent else frame
             frames.append(rest)
-            self.queued_bytes = n - sent
             self._partial_head = sent != 0  # nothing sent: a whole frame, droppable
+            self._set_queued(n - sent)
             self._wake()
             return _QUEUED
         n = PyBytes_GET_SIZE(frame)
@@ -480,7 +584,7 @@ cdef class Outbox:
             if live >= self._max_frames or self.queued_bytes + n > self._max_bytes:
                 return self._push_dropping(frame, live, n)
         frames.append(frame)
-        self.queued_bytes += n
+        self._set_queued(self.queued_bytes + n)
         if count == 0 and not self.writing:
             self._wake()
         return _QUEUED
@@ -514,7 +618,7 @@ cdef class Outbox:
             new_head = 0
         self._head = new_head
         frames.append(frame)
-        self.queued_bytes = left + n
+        self._set_queued(left + n)
         return _QUEUED
 
     cdef Py_ssize_t _send_now(self, bytes data) except -2:
@@ -542,15 +646,15 @@ cdef class Outbox:
             self._frames = []
             self._head = 0
             self._partial_head = False
-            self.queued_bytes = 0
+            self._set_queued(0)
             self._wake()
             return -1
 
     cdef int _queue_corked(self, bytes frame) except -1:
         """Queue ``frame`` in the empty queue, for the cork's flush to send."""
         self._frames.append(frame)
-        self.queued_bytes = PyBytes_GET_SIZE(frame)
         self._partial_head = False
+        self._set_queued(PyBytes_GET_SIZE(frame))
         if not self._corked:
             self._corked = True
             self._cork._dirty.append(self)
@@ -579,13 +683,13 @@ cdef class Outbox:
             frames.clear()
             self._head = 0
             self._partial_head = False
-            self.queued_bytes = 0
+            self._set_queued(0)
             return _SENT
         if sent:
             self._frames = [data[sent:]]
             self._head = 0
             self._partial_head = True
-            self.queued_bytes = n - sent
+            self._set_queued(n - sent)
         self._corked = False  # the writer task takes over
         self._wake()
         return _QUEUED
@@ -614,8 +718,32 @@ cdef class Outbox:
         self._frames = []
         self._head = 0
         self._partial_head = False
-        self.queued_bytes = 0
+        self._set_queued(0)
         return data
+
+    def drop_queued(self):
+        """Drop every queued frame that may go, to free memory at once (a connection being
+        shed): all but the rest of a partly sent frame, which the peer must get whole so
+        that a close frame queued next still parses. The outbox stays open; the drops are
+        not counted in ``dropped_frames``.
+
+        Returns:
+            How many frames were dropped.
+        """
+        cdef list frames = self._frames
+        cdef Py_ssize_t live = len(frames) - self._head
+        if live == 0:
+            return 0
+        if self._partial_head:
+            rest = frames[self._head]
+            self._frames = [rest]
+            self._head = 0
+            self._set_queued(PyBytes_GET_SIZE(rest))
+            return live - 1
+        self._frames = []
+        self._head = 0
+        self._set_queued(0)
+        return live
 
     def close(self):
         """Mark the outbox closed and drop the queue; later pushes return ``PUSH_CLOSED``."""
@@ -623,7 +751,7 @@ cdef class Outbox:
         self._frames = []
         self._head = 0
         self._partial_head = False
-        self.queued_bytes = 0
+        self._set_queued(0)
 
 
 @cython.final

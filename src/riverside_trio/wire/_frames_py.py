@@ -4,9 +4,10 @@ Same names, same results, same exception types as ``src/_frames.pyx``; the selec
 ``riverside_trio.wire.frames`` picks one of the two. Any change there must be made here too,
 and ``tests/test_frames.py`` and ``tests/test_parser.py`` compare them on random inputs.
 
-The twin lives in three modules, re-exported here as one: ``_encode_py`` (constants, frame
-encoding, the token bucket), ``_outbox_py`` (the outbox, its cork and the fan-out loop) and
-``_parser_py`` (the incoming frame parser).
+The twin lives in four modules, re-exported here as one: ``_encode_py`` (constants, frame
+encoding, the token bucket), ``_budget_py`` (the memory budget the outboxes charge),
+``_outbox_py`` (the outbox, its cork and the fan-out loop) and ``_parser_py`` (the incoming
+frame parser).
 
 Conversions follow the compiled module: integer arguments go through ``__index__`` and must fit
 a ``Py_ssize_t`` (``OverflowError`` otherwise), float arguments accept what a C ``double``
@@ -15,6 +16,7 @@ argument accepts (``float``, ``int``, objects with ``__float__`` or ``__index__`
 
 from __future__ import annotations
 
+from ._budget_py import Budget
 from ._encode_py import (
     OP_BINARY,
     OP_CLOSE,
@@ -60,6 +62,7 @@ __all__ = [
     "PUSH_FULL",
     "PUSH_QUEUED",
     "PUSH_SENT",
+    "Budget",
     "Cork",
     "FrameParser",
     "Outbox",

@@ -10,6 +10,7 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Any, Final, final
 
+from ._budget_py import Budget
 from ._encode_py import (
     _SEND_FLAGS,
     PUSH_CLOSED,
@@ -53,6 +54,9 @@ class Outbox:
             refusing the new one.
         cork: A :class:`Cork`, usually one per server: while it is active, a frame pushed
             into an idle outbox waits for the cork's ``flush`` instead of being sent at once.
+        budget: A :class:`Budget`, usually one per server: charged with every byte queued
+            here, credited with every byte that leaves the queue (sent, dropped, taken by
+            the writer, or let go by ``close``).
 
     Raises:
         TypeError: ``wake`` is not callable.
@@ -60,6 +64,7 @@ class Outbox:
     """
 
     __slots__ = (
+        "_budget",
         "_closed",
         "_cork",
         "_corked",
@@ -89,11 +94,17 @@ class Outbox:
         *,
         drop_oldest: bool = False,
         cork: Cork | None = None,
+        budget: Budget | None = None,
     ) -> None:
         if cork is not None and type(cork) is not Cork:
             raise TypeError(
                 f"Argument 'cork' has incorrect type (expected "
                 f"riverside_trio._frames_c.Cork, got {type(cork).__name__})"
+            )
+        if budget is not None and type(budget) is not Budget:
+            raise TypeError(
+                f"Argument 'budget' has incorrect type (expected "
+                f"riverside_trio._frames_c.Budget, got {type(budget).__name__})"
             )
         frames_limit = _as_ssize(max_frames)
         bytes_limit = _as_ssize(max_bytes)
@@ -121,6 +132,7 @@ class Outbox:
         self._error = 0
         self._cork = cork
         self._corked = False  # on the cork's list, with queued frames no writer was woken for
+        self._budget = budget
 
     @property
     def writing(self) -> bool:
@@ -161,6 +173,19 @@ class Outbox:
         """Bytes waiting for the writer task."""
         return self._queued_bytes
 
+    @property
+    def budget(self) -> Budget | None:
+        """The :class:`Budget` this outbox charges, or None."""
+        return self._budget
+
+    def _set_queued(self, n: int) -> None:
+        """Set ``queued_bytes``, charging or crediting the budget the difference (last, so
+        that its ``on_over`` sees this outbox's new state)."""
+        old = self._queued_bytes
+        self._queued_bytes = n
+        if self._budget is not None and n != old:
+            self._budget._add(n - old)
+
     def push(self, frame: bytes, /) -> int:
         """Send or queue one encoded frame; never blocks.
 
@@ -193,8 +218,8 @@ class Outbox:
                 return PUSH_SENT
             rest = frame[sent:] if sent else frame
             frames.append(rest)
-            self._queued_bytes = len(rest)
             self._partial_head = sent != 0  # nothing sent: a whole frame, droppable
+            self._set_queued(len(rest))
             self._wake()
             return PUSH_QUEUED
         size = len(frame)
@@ -224,7 +249,7 @@ class Outbox:
                 return self._push_dropping(frame, count, size)
         was_empty = not frames
         frames.append(frame)
-        self._queued_bytes += size
+        self._set_queued(self._queued_bytes + size)
         if was_empty and not self._writing:
             self._wake()
         return PUSH_QUEUED
@@ -256,7 +281,7 @@ class Outbox:
             new_head = 0
         self._head = new_head
         frames.append(frame)
-        self._queued_bytes = left + size
+        self._set_queued(left + size)
         return PUSH_QUEUED
 
     def _send_now(self, data: bytes) -> int:
@@ -276,15 +301,15 @@ class Outbox:
             self._frames = []
             self._head = 0
             self._partial_head = False
-            self._queued_bytes = 0
+            self._set_queued(0)
             self._wake()
             return -1
 
     def _queue_corked(self, frame: bytes) -> int:
         """Queue ``frame`` in the empty queue, for the cork's flush to send."""
         self._frames.append(frame)
-        self._queued_bytes = len(frame)
         self._partial_head = False
+        self._set_queued(len(frame))
         if not self._corked:
             self._corked = True
             assert self._cork is not None
@@ -308,13 +333,13 @@ class Outbox:
             frames.clear()
             self._head = 0
             self._partial_head = False
-            self._queued_bytes = 0
+            self._set_queued(0)
             return PUSH_SENT
         if sent:
             self._frames = [data[sent:]]
             self._head = 0
             self._partial_head = True
-            self._queued_bytes = len(data) - sent
+            self._set_queued(len(data) - sent)
         self._corked = False  # the writer task takes over
         self._wake()
         return PUSH_QUEUED
@@ -342,8 +367,32 @@ class Outbox:
         self._frames = []
         self._head = 0
         self._partial_head = False
-        self._queued_bytes = 0
+        self._set_queued(0)
         return data
+
+    def drop_queued(self) -> int:
+        """Drop every queued frame that may go, to free memory at once (a connection being
+        shed): all but the rest of a partly sent frame, which the peer must get whole so
+        that a close frame queued next still parses. The outbox stays open; the drops are
+        not counted in ``dropped_frames``.
+
+        Returns:
+            How many frames were dropped.
+        """
+        frames = self._frames
+        live = len(frames) - self._head
+        if live == 0:
+            return 0
+        if self._partial_head:
+            rest = frames[self._head]
+            self._frames = [rest]
+            self._head = 0
+            self._set_queued(len(rest))
+            return live - 1
+        self._frames = []
+        self._head = 0
+        self._set_queued(0)
+        return live
 
     def close(self) -> None:
         """Mark the outbox closed and drop the queue; later pushes return ``PUSH_CLOSED``."""
@@ -351,7 +400,7 @@ class Outbox:
         self._frames = []
         self._head = 0
         self._partial_head = False
-        self._queued_bytes = 0
+        self._set_queued(0)
 
 
 @final

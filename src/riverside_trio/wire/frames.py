@@ -1,4 +1,5 @@
-"""Frame encoding and parsing, rate limiting and outboxes: the hot path, compiled when it can be.
+"""Frame encoding and parsing, rate limiting, outboxes and their memory budget: the hot path,
+compiled when it can be.
 
 Imports the compiled ``_frames_c`` (built from ``src/_frames.pyx``) and falls back to the
 pure-Python twin ``_frames_py`` when it is missing; both have the same names, results and
@@ -30,6 +31,7 @@ __all__ = [
     "PUSH_FULL",
     "PUSH_QUEUED",
     "PUSH_SENT",
+    "Budget",
     "Cork",
     "FrameParser",
     "Outbox",
@@ -62,6 +64,7 @@ if TYPE_CHECKING:
         PUSH_FULL,
         PUSH_QUEUED,
         PUSH_SENT,
+        Budget,
         Cork,
         FrameParser,
         Outbox,
