@@ -1,8 +1,12 @@
-"""What the write cork costs every Trio task step (it is installed as an instrument).
+"""What the write cork would cost every Trio task step as an instrument.
+
+The server once installed its cork as a Trio instrument (``after_task_step``); it no longer
+does (readers flush before they park, a flusher task does the rest), and this script shows
+what that saves every task step of the whole program, the user's tasks included.
 
 Run ``python bench/cork_step_cost.py``: one task steps through ``checkpoint()`` many times,
-in a Trio run without the cork and in one with a cork installed (as ``serve`` installs it,
-with nothing held back); prints nanoseconds per step for each, best of five runs each.
+in a Trio run without the cork and in one with a cork installed as an instrument (with
+nothing held back); prints nanoseconds per step for each, best of five runs each.
 """
 
 from __future__ import annotations

@@ -652,12 +652,16 @@ cdef class Outbox:
 
     cdef int _queue_corked(self, bytes frame) except -1:
         """Queue ``frame`` in the empty queue, for the cork's flush to send."""
+        cdef Cork cork
         self._frames.append(frame)
         self._partial_head = False
         self._set_queued(PyBytes_GET_SIZE(frame))
         if not self._corked:
             self._corked = True
-            self._cork._dirty.append(self)
+            cork = self._cork
+            cork._dirty.append(self)
+            if len(cork._dirty) == 1 and cork.wake is not None:
+                cork.wake()  # the first outbox noted since the last flush
         return _QUEUED
 
     cdef int _send_queued(self) except -1:
@@ -767,15 +771,27 @@ cdef class Cork:
     as a direct send would). A corked outbox sends early when it holds 64 frames or would
     hold over 64 KiB, or reaches its own limits. Frame order never changes.
 
-    ``after_task_step`` makes a Cork a Trio instrument: installed with
-    ``trio.lowlevel.add_instrument``, it flushes at the end of every task step.
+    Something must call ``flush``: ``wake`` (a callable, or None) is called with no
+    arguments when the first outbox is noted since the last flush (a server wakes its
+    flusher task with it, and each reader flushes before it parks). ``after_task_step``
+    also makes a Cork a Trio instrument that flushes at the end of every task step.
+
+    Args:
+        wake: Called when the first outbox is noted since the last flush; what it raises
+            reaches the ``push`` that noted it (the frame stays queued).
     """
 
     cdef list _dirty
     cdef public bint active
+    cdef public object wake
 
     def __cinit__(self):
         self._dirty = []
+
+    def __init__(self, *, wake=None):
+        if wake is not None and not callable(wake):
+            raise TypeError("wake must be callable or None")
+        self.wake = wake
 
     @property
     def pending(self):

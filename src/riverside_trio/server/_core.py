@@ -62,8 +62,8 @@ class Core:
         # The server's nursery: connections start their side tasks (writer, handle_info,
         # child tasks) in it, each under a cancel scope of the connection's own.
         self.nursery: trio.Nursery | None = None
-        # Direct writes wait for the end of the task step that made them, so a burst of
-        # deliveries leaves in one send per client (Server.serve installs it in Trio).
+        # Direct writes wait until the reader parks or the flusher runs (_flusher.py), so
+        # a burst of deliveries leaves in one send per client.
         self.cork = Cork()
         self.close_on_overflow = config.outbox_policy == "close"
         self.custom_authenticate = "authenticate" in overridden

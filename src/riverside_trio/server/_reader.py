@@ -27,6 +27,7 @@ from ..wire.frames import (
     EV_TEXT,
     EV_TEXT_DEFLATED,
     OP_PONG,
+    Cork,
     FrameParser,
     TokenBucket,
     encode_frame,
@@ -98,6 +99,7 @@ class Reader:
         parser = self.parser
         metrics = conn._core.metrics
         handler = conn._core.handler
+        cork = conn._core.cork  # flushed before every park: what this step held back leaves
         drained = not parser.buffered  # nothing came with the handshake: wait for data
         reads = 0
         events = 0
@@ -108,6 +110,7 @@ class Reader:
                     events += 1
                     if events >= EVENTS_PER_CHECKPOINT:
                         events = 0
+                        _flush(cork)
                         await checkpoint()
                     kind = event[0]
                     if kind <= EV_BINARY:  # EV_TEXT, EV_BINARY
@@ -145,16 +148,19 @@ class Reader:
             # Read more.
             if sock is None:
                 events = 0
+                _flush(cork)
                 data = await transport.receive()  # always a checkpoint
             else:
                 while True:
                     if drained:
                         reads = 0
                         events = 0
+                        _flush(cork)
                         await wait_readable(sock)
                     elif reads >= READS_PER_CHECKPOINT:
                         reads = 0
                         events = 0
+                        _flush(cork)
                         await checkpoint()
                     try:
                         data = sock.recv(RECV_SIZE)
@@ -221,3 +227,11 @@ class Reader:
         core.metrics.invalid_messages[kind] += 1
         if core.config.invalid_message == "close":
             self._conn._close_for("invalid_message", code)
+
+
+def _flush(cork: Cork) -> None:
+    """Send what the cork holds before the reader's step ends (a failure is logged)."""
+    try:
+        cork.flush()
+    except Exception:  # a bug of ours (a wake callback failed) must not end the connection
+        log.exception("cork_flush_failed")

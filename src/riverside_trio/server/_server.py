@@ -14,7 +14,6 @@ SIGTERM into a graceful shutdown (a second signal cancels at once).
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import socket
 import ssl
@@ -30,6 +29,7 @@ from ..handler import Handler
 from ..metrics import Metrics
 from ._connection import Connection
 from ._core import Core
+from ._flusher import Flusher
 from ._frontdoor import handle_request
 from ._listener import accept_loop, open_listeners
 from ._sweeper import sweep
@@ -190,13 +190,12 @@ class Server:
         self._listeners = open_listeners(self.config)
         self.port = self._listeners[0].getsockname()[1]
         cork = self._core.cork
-        # A Trio instrument by duck typing: its after_task_step flushes held-back writes.
-        instrument = cast("trio.abc.Instrument", cork)
-        trio.lowlevel.add_instrument(instrument)
+        flusher = Flusher(cork)
         cork.active = True
         try:
             async with trio.open_nursery() as nursery:
                 self._core.nursery = nursery
+                nursery.start_soon(flusher.run)
                 for lsock in self._listeners:
                     nursery.start_soon(accept_loop, lsock, nursery, self._handle)
                 nursery.start_soon(sweep, self._core, self._connections)
@@ -213,8 +212,7 @@ class Server:
                 nursery.cancel_scope.cancel()
         finally:
             cork.active = False  # every connection has ended and sent its own queue
-            with contextlib.suppress(KeyError):  # Trio drops an instrument that raised
-                trio.lowlevel.remove_instrument(instrument)
+            cork.wake = None
             self._close_listeners()
             self._stopped.set()
             log.info("stopped", port=self.port)

@@ -36,15 +36,8 @@ async def sweep(core: Core, connections: Callable[[], list[Connection]]) -> None
         if t is not None
     ]
     tick = min(max(min(periods) / 10, 0.005), 1.0)
-    cork = core.cork
     while True:
         await trio.sleep(tick)
-        # The cork flushes at the end of every task step; should Trio ever have dropped
-        # it as an instrument, held-back frames still leave within a tick.
-        try:
-            cork.flush()
-        except Exception:  # a bug of ours (a wake callback failed) must not stop the server
-            log.exception("cork_flush_failed")
         now = trio.current_time()
         for conn in connections():
             try:

@@ -3,7 +3,7 @@
 Outgoing frames go through the connection's :class:`~riverside_trio.wire.frames.Outbox`.
 Over a plain socket (the fast path) the outbox writes to the socket without awaiting when
 nothing is queued (held back by the server's :class:`~riverside_trio.wire.frames.Cork` until
-the task step ends, so one step's frames leave in one ``send``), and queues only what the
+the reader parks or the flusher runs, so a burst leaves in one ``send``), and queues only what the
 kernel refuses. Over a stream (TLS, memory streams) every frame is queued. Either way a
 writer task is started when something is queued and ends when the queue is empty, so an
 idle connection has none. The queue is bounded (``outbox_size``, ``outbox_bytes``); a full

@@ -312,8 +312,11 @@ class Outbox:
         self._set_queued(len(frame))
         if not self._corked:
             self._corked = True
-            assert self._cork is not None
-            self._cork._dirty.append(self)
+            cork = self._cork
+            assert cork is not None
+            cork._dirty.append(self)
+            if len(cork._dirty) == 1 and cork.wake is not None:
+                cork.wake()  # the first outbox noted since the last flush
         return PUSH_QUEUED
 
     def _send_queued(self) -> int:
@@ -415,18 +418,27 @@ class Cork:
     as a direct send would). A corked outbox sends early when it holds 64 frames or would
     hold over 64 KiB, or reaches its own limits. Frame order never changes.
 
-    ``after_task_step`` makes a Cork a Trio instrument: installed with
-    ``trio.lowlevel.add_instrument``, it flushes at the end of every task step.
+    Something must call ``flush``: ``wake`` (a callable, or None) is called with no
+    arguments when the first outbox is noted since the last flush (a server wakes its
+    flusher task with it, and each reader flushes before it parks). ``after_task_step``
+    also makes a Cork a Trio instrument that flushes at the end of every task step.
+
+    Args:
+        wake: Called when the first outbox is noted since the last flush; what it raises
+            reaches the ``push`` that noted it (the frame stays queued).
     """
 
-    __slots__ = ("_active", "_dirty")
+    __slots__ = ("_active", "_dirty", "wake")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         raise TypeError("type 'Cork' is not an acceptable base type")
 
-    def __init__(self) -> None:
+    def __init__(self, *, wake: Callable[[], object] | None = None) -> None:
+        if wake is not None and not callable(wake):
+            raise TypeError("wake must be callable or None")
         self._dirty: list[Outbox] = []
         self._active = False
+        self.wake: Callable[[], object] | None = wake
 
     @property
     def active(self) -> bool:
