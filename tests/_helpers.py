@@ -7,11 +7,13 @@ import json
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import trio
+import trio.testing
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 import riverside_trio
@@ -21,6 +23,95 @@ OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x
 
 # Settings that keep timers out of tests that are not about them.
 NO_TIMERS: dict[str, Any] = {"idle_timeout": None, "ping_interval": None}
+
+# A bound on real-time waits for I/O: generous, since it only turns a hang into a failure.
+REAL_TIMEOUT = 30.0
+
+
+# ------------------------------------------------------------------ time
+#
+# Timers are tested on pytest-trio's ``mock_clock`` fixture (a ``trio.testing.MockClock`` that
+# stands still until the test moves it) or ``autojump_clock`` (jumps whenever every task is
+# blocked; only for tests with no other process or thread sending to the server). On a mock
+# clock, ``trio.fail_after`` never fires while the test waits for the kernel, so waits for
+# I/O are bounded with ``fail_after_real`` instead, and the clock moves only in ``advance``.
+
+
+class fail_after_real:
+    """Like ``trio.fail_after``, on the wall clock: a bound on waits for real I/O.
+
+    A thread cancels the block after ``seconds`` of real time, whatever the run's clock says,
+    and ``trio.TooSlowError`` is raised. It only turns a hang into a failure; no test result
+    depends on it. Works with ``with`` and ``async with`` (to share a line with ``running``).
+    """
+
+    def __init__(self, seconds: float = REAL_TIMEOUT) -> None:
+        self.seconds = seconds
+        self.scope = trio.CancelScope()
+        self._timer: threading.Timer | None = None
+
+    def __enter__(self) -> trio.CancelScope:
+        token = trio.lowlevel.current_trio_token()
+        scope = self.scope
+
+        def expire() -> None:
+            with suppress(trio.RunFinishedError):
+                token.run_sync_soon(scope.cancel)
+
+        scope.__enter__()
+        self._timer = threading.Timer(self.seconds, expire)
+        self._timer.daemon = True
+        self._timer.start()
+        return scope
+
+    def __exit__(self, *exc_info: Any) -> bool:
+        assert self._timer is not None
+        self._timer.cancel()
+        handled = self.scope.__exit__(*exc_info)
+        if self.scope.cancelled_caught:
+            raise trio.TooSlowError(f"not done after {self.seconds} s of real time")
+        return bool(handled)
+
+    async def __aenter__(self) -> trio.CancelScope:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc_info: Any) -> bool:
+        return self.__exit__(*exc_info)
+
+
+async def settle() -> None:
+    """Let every task run until all are blocked (on I/O, events or the clock)."""
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def advance(
+    clock: trio.testing.MockClock, seconds: float, *, step: float | None = None
+) -> None:
+    """Move ``clock`` on by ``seconds``, in jumps of at most ``step``, settling after each.
+
+    After each jump the tasks whose deadlines passed (the server's sweeper, timeouts) run, and
+    so does whatever they start, until every task is blocked again. Use a ``step`` no longer
+    than the sweeper's tick when a test depends on which tick sees a deadline.
+    """
+    step = seconds if step is None else step
+    left = seconds
+    while left > 1e-9:
+        jump = min(step, left)
+        clock.jump(jump)
+        left -= jump
+        await settle()
+
+
+async def wait_until(predicate: Callable[[], bool], *, seconds: float = REAL_TIMEOUT) -> None:
+    """Wait until ``predicate()`` holds, checking it each time every task is blocked.
+
+    Between checks the run waits for I/O (up to a millisecond of real time at a go), so
+    bytes the kernel has yet to deliver arrive; never the clock. Bounded by ``seconds`` of
+    real time.
+    """
+    with fail_after_real(seconds):
+        while not predicate():
+            await trio.testing.wait_all_tasks_blocked(cushion=0.001)
 
 
 @asynccontextmanager
@@ -162,6 +253,23 @@ class RawClient:
                 if len(payload) >= 2:
                     return struct.unpack("!H", payload[:2])[0], payload[2:].decode()
                 return None, ""
+
+    async def received_nothing(self) -> bool:
+        """True when nothing came from the server: nothing buffered and nothing to read.
+
+        Settles first, so every frame the server's tasks have written is in the kernel.
+        """
+        await settle()
+        if self.buf:
+            return False
+        peek = socket.fromfd(self.stream.socket.fileno(), socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        finally:
+            peek.close()
+        return False  # data, or b"" at EOF
 
     async def at_eof(self) -> bool:
         """True once the server closed TCP (reads until EOF, dropping data)."""

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import trio
 import websockets.exceptions
+from trio.testing import MockClock
 from trio_websocket import ConnectionClosed as WSClosed
 from websockets.sync.client import connect as ws_connect
 
@@ -42,9 +43,13 @@ from ._helpers import (
     OP_PONG,
     OP_TEXT,
     RawClient,
+    advance,
     client_frame,
+    fail_after_real,
     running,
+    settle,
     upgrade_request,
+    wait_until,
     ws_open,
 )
 
@@ -511,81 +516,106 @@ async def test_tcp_drop_in_the_middle_of_a_fragmented_message_terminates_with_10
 # ------------------------------------------------------------------ timers
 
 
-async def test_idle_timeout_closes_1000_idle_timeout() -> None:
+async def test_idle_timeout_closes_1000_idle_timeout(mock_clock: MockClock) -> None:
     handler = Scripted()
-    async with running(handler, idle_timeout=0.3, ping_interval=None) as server:
-        with trio.fail_after(5):
-            async with ws_open(ws_url(server, "a")) as ws:
-                with pytest.raises(WSClosed) as info:
-                    await ws.get_message()
-                assert info.value.reason.code == 1000
+    # idle_timeout 1 s: the sweeper ticks every 0.1 s
+    async with running(handler, idle_timeout=1.0, ping_interval=None) as server:
+        with fail_after_real():
+            async with upgraded(server, "a") as client:
+                await handler.opened.wait()
+                await advance(mock_clock, 0.9, step=0.05)
+                assert await client.received_nothing()
+                await advance(mock_clock, 0.4, step=0.05)  # the sweeper may see it a tick late
+                assert await client.read_close() == (1000, "idle_timeout")
+                await answer_close(client)
             await handler.terminated.wait()
-    reason = handler.only_reason()
-    assert (reason.kind, reason.code) == ("idle_timeout", 1000)
+    assert handler.only_reason() == TerminateReason("idle_timeout", 1000, "idle_timeout")
+    assert server.metrics.disconnects["idle_timeout"] == 1
 
 
-async def test_a_client_that_keeps_sending_is_not_idle() -> None:
+async def test_a_client_that_keeps_sending_is_not_idle(mock_clock: MockClock) -> None:
     handler = Scripted()
-    async with running(handler, idle_timeout=0.5, ping_interval=None) as server:
-        with trio.fail_after(10):
-            async with ws_open(ws_url(server, "a")) as ws:
-                # 20 round trips with short pauses span well over one idle_timeout
+    async with running(handler, idle_timeout=1.0, ping_interval=None) as server:
+        with fail_after_real():
+            async with upgraded(server, "a") as client:
+                # a message every 0.5 s for 10 s: ten idle timeouts, none of them idle
                 for i in range(20):
-                    await ws.send_message(f"m{i}")
-                    assert await ws.get_message() == f"m{i}"
-                    await trio.sleep(0.05)
+                    await advance(mock_clock, 0.5, step=0.05)
+                    await client.send(text(f"m{i}"))
+                    assert await client.read_frame() == (OP_TEXT, f"m{i}".encode(), True)
+                assert handler.reasons == []
+                # then silence: closed one idle timeout (and at most a tick or two) later
+                await advance(mock_clock, 0.9, step=0.05)
+                assert await client.received_nothing()
+                await advance(mock_clock, 0.4, step=0.05)  # the sweeper may see it a tick late
+                assert await client.read_close() == (1000, "idle_timeout")
+                await answer_close(client)
             await handler.terminated.wait()
-    assert handler.only_reason() == TerminateReason("remote", 1000, "")
+    assert handler.only_reason() == TerminateReason("idle_timeout", 1000, "idle_timeout")
 
 
-async def test_max_connection_age_closes_an_active_connection_1000_over_age() -> None:
+async def test_max_connection_age_closes_an_active_connection_1000_over_age(
+    mock_clock: MockClock,
+) -> None:
     handler = Scripted()
-    settings = {"max_connection_age": 0.3, "transmission_limit": 0}
+    settings = {"max_connection_age": 1.0, "transmission_limit": 0}
     async with running(handler, **settings, **NO_TIMERS) as server:
-        with trio.fail_after(5):
-            async with ws_open(ws_url(server, "a")) as ws:
-                with pytest.raises(WSClosed) as info:
-                    while True:
-                        await ws.send_message("busy")
-                        assert await ws.get_message() == "busy"
-                assert info.value.reason.code == 1000
+        with fail_after_real():
+            async with upgraded(server, "a") as client:
+                # busy all along: a round trip every 0.05 s
+                for i in range(18):
+                    await client.send(text(f"busy{i}"))
+                    assert await client.read_frame() == (OP_TEXT, f"busy{i}".encode(), True)
+                    await advance(mock_clock, 0.05)
+                assert await client.received_nothing()
+                await advance(mock_clock, 0.4, step=0.05)
+                assert await client.read_close() == (1000, "over_age")
+                await answer_close(client)
             await handler.terminated.wait()
-    reason = handler.only_reason()
-    assert (reason.kind, reason.code) == ("over_age", 1000)
+    assert handler.only_reason() == TerminateReason("over_age", 1000, "over_age")
+    assert server.metrics.disconnects["over_age"] == 1
 
 
-async def test_keepalive_closes_1011_when_pings_are_not_answered() -> None:
+async def test_keepalive_closes_1011_when_pings_are_not_answered(mock_clock: MockClock) -> None:
     handler = Scripted()
-    async with (
-        running(handler, ping_interval=0.2, ping_timeout=0.2, idle_timeout=None) as server,
-        upgraded(server) as client,
-    ):
-        with trio.fail_after(5):
-            pings = 0
-            while True:
-                op, _, _ = await client.read_frame()
-                if op == OP_CLOSE:
-                    break
-                assert op == OP_PING
-                pings += 1
+    settings = {"ping_interval": 1.0, "ping_timeout": 2.0, "idle_timeout": None}
+    async with running(handler, **settings) as server, upgraded(server) as client:
+        with fail_after_real():
+            await handler.opened.wait()
+            await advance(mock_clock, 0.9, step=0.05)
+            assert await client.received_nothing()
+            await advance(mock_clock, 0.3, step=0.05)  # t = 1.2
+            assert await client.read_frame() == (OP_PING, b"riverside", True)
+            # no pong: the server waits ping_timeout after the ping (sent at 1.0 to 1.2)
+            await advance(mock_clock, 1.7, step=0.05)  # t = 2.9
+            assert await client.received_nothing()
+            await advance(mock_clock, 0.5, step=0.05)  # t = 3.4
+            assert await client.read_close() == (1011, "keepalive_timeout")
             await answer_close(client)
             await handler.terminated.wait()
-    assert pings >= 1
-    reason = handler.only_reason()
-    assert (reason.kind, reason.code) == ("keepalive_timeout", 1011)
+    assert handler.only_reason() == TerminateReason("keepalive_timeout", 1011, "keepalive_timeout")
+    assert server.metrics.disconnects["keepalive_timeout"] == 1
 
 
-async def test_keepalive_keeps_a_client_that_answers_pings_open() -> None:
+async def test_keepalive_keeps_a_client_that_answers_pings_open(mock_clock: MockClock) -> None:
     handler = Scripted()
-    async with running(handler, ping_interval=0.2, ping_timeout=0.2, idle_timeout=None) as server:
-        with trio.fail_after(5):
-            async with ws_open(ws_url(server, "a")) as ws:
-                # trio-websocket answers pings by itself; wait for several pongs
-                while server.metrics.incoming_control["pong"] < 4:
-                    await trio.sleep(0.05)
-                await ws.send_message("still here")
-                assert await ws.get_message() == "still here"
-                assert handler.reasons == []
+    settings = {"ping_interval": 1.0, "ping_timeout": 2.0, "idle_timeout": None}
+    async with running(handler, **settings) as server, upgraded(server) as client:
+        with fail_after_real():
+            await handler.opened.wait()
+            # five pings, each answered within ping_timeout (2 s) of being sent
+            for pongs in range(1, 6):
+                await advance(mock_clock, 1.2, step=0.05)  # a ping is due within this
+                op, payload, _ = await client.read_frame()
+                assert op == OP_PING, (pongs, payload)
+                await advance(mock_clock, 0.5, step=0.05)  # at most 1.7 s after the ping
+                await client.send(client_frame(OP_PONG, payload))
+                await wait_until(lambda: server.metrics.incoming_control["pong"] == pongs)  # noqa: B023
+            await client.send(text("still here"))
+            assert await client.read_frame() == (OP_TEXT, b"still here", True)
+            assert handler.reasons == []
+            await client.send(close_frame(1000))
+            assert await client.read_close() == (1000, "")
             await handler.terminated.wait()
     assert handler.only_reason() == TerminateReason("remote", 1000, "")
 
@@ -637,21 +667,30 @@ async def test_transmission_limit_closes_1008_on_the_message_over_the_limit() ->
     assert (reason.kind, reason.code) == ("too_many_messages", 1008)
 
 
-async def test_slow_consumer_is_shed_and_other_clients_are_still_served() -> None:
+async def test_slow_consumer_is_shed_cut_off_after_close_timeout_and_others_are_served(
+    mock_clock: MockClock,
+) -> None:
     handler = Scripted()
     blob = b"\x00" * (256 << 10)
-    settings = {"outbox_size": 4, "outbox_bytes": 1 << 20, "close_timeout": 0.3}
+    settings = {"outbox_size": 4, "outbox_bytes": 1 << 20, "close_timeout": 1.0}
     async with running(handler, **settings, **NO_TIMERS) as server:
-        with trio.fail_after(10):
+        with fail_after_real():
             async with (
                 ws_open(ws_url(server, "fast")) as fast,
                 upgraded(server, "slow"),  # never reads
             ):
                 await fast.send_message("before")
                 assert await fast.get_message() == "before"
-                while not handler.reasons_of("slow"):
-                    server.deliver_user("slow", blob)
-                    await trio.sleep(0)
+                sent = 0
+                while server.deliver_user("slow", blob):  # 0 once it is shed
+                    sent += 1
+                    await settle()
+                assert 4 <= sent < 100
+                # shed: its close frame waits behind what it does not read, for close_timeout
+                await advance(mock_clock, 0.8, step=0.05)
+                assert handler.reasons_of("slow") == []
+                await advance(mock_clock, 0.4, step=0.05)
+                await wait_until(lambda: bool(handler.reasons_of("slow")))
                 await fast.send_message("after")
                 assert await fast.get_message() == "after"
                 assert handler.reasons_of("fast") == []
@@ -919,7 +958,7 @@ class Interleaved(Handler):
         conn.state["inside"] = conn.state.get("inside", 0) + 1
         self.most_inside = max(self.most_inside, conn.state["inside"])
         for _ in range(3):
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
         conn.state["inside"] -= 1
 
     async def init(self, conn: Connection) -> None:
@@ -961,7 +1000,7 @@ async def test_callbacks_of_one_connection_never_overlap() -> None:
                 async def post_infos() -> None:
                     for i in range(rounds):
                         conn_a.send_info(i)
-                        await trio.sleep(0)
+                        await trio.lowlevel.checkpoint()
 
                 async def a_talks() -> None:
                     for i in range(rounds):

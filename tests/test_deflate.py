@@ -15,7 +15,7 @@ from riverside_trio import Connection, Handler, RawCodec, TerminateReason
 from riverside_trio.errors import ProtocolError
 from riverside_trio.wire.deflate import Compressor, Inflater, negotiate
 
-from ._helpers import RawClient, client_frame, running
+from ._helpers import RawClient, client_frame, running, wait_until
 
 DEFLATE: dict[str, Any] = {"permessage_deflate": True, "idle_timeout": None, "ping_interval": None}
 
@@ -186,8 +186,7 @@ async def test_fan_out_compresses_once_and_serves_plain_and_deflate_clients(
                 )
                 assert status == 101
                 assert headers["sec-websocket-extensions"].startswith("permessage-deflate")
-                while server.connection_count < 2:
-                    await trio.sleep(0.01)
+                await wait_until(lambda: server.connection_count == 2)
                 calls.clear()
                 await plain.send(client_frame(0x1, f"fanout:{text}".encode()))
                 op, payload, _ = await plain.read_frame()

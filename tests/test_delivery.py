@@ -11,7 +11,7 @@ from trio_websocket import open_websocket_url
 
 from riverside_trio import Accept, AuthRequest, Connection, Handler
 
-from ._helpers import NO_TIMERS, RawClient, running, ws_open
+from ._helpers import NO_TIMERS, RawClient, running, wait_until, ws_open
 
 
 class RoomHandler(Handler):
@@ -104,9 +104,7 @@ async def test_disconnect_leaves_every_channel() -> None:
             await b.send_message(json.dumps({"op": "join", "channel": "room"}))
             assert await recv(b) == {"joined": True}
         # b is gone: wait until the server has noticed
-        with trio.fail_after(5):
-            while server.connection_count > 1:
-                await trio.sleep(0.01)
+        await wait_until(lambda: server.connection_count == 1)
         await a.send_message(json.dumps({"op": "channel", "channel": "room", "body": "z"}))
         assert await recv(a) == {"reached": 0}
         assert server.deliver_channel("room", "q") == 0
@@ -122,9 +120,7 @@ async def test_a_burst_from_one_task_step_leaves_when_the_step_ends_in_order() -
         client = await RawClient.connect(server)
         status, _, _ = await client.upgrade("/ws?user=burst")
         assert status == 101
-        with trio.fail_after(5):
-            while server.connection_count == 0:
-                await trio.sleep(0.001)
+        await wait_until(lambda: server.connection_count == 1)
         peek = socket.fromfd(client.stream.socket.fileno(), socket.AF_INET, socket.SOCK_STREAM)
         try:
             for i in range(50):  # fewer than a corked outbox holds before it sends early

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import trio
 import websockets.sync.client
+from trio.testing import MockClock
 from trio_websocket import ConnectionRejected, open_websocket_url, wrap_client_stream
 
 from riverside_trio import (
@@ -27,7 +28,15 @@ from riverside_trio import (
     Server,
 )
 
-from ._helpers import RawClient, client_frame, running, upgrade_request
+from ._helpers import (
+    RawClient,
+    advance,
+    client_frame,
+    fail_after_real,
+    running,
+    upgrade_request,
+    wait_until,
+)
 
 RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 RFC_ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
@@ -460,20 +469,51 @@ async def test_request_head_within_max_header_size_is_accepted() -> None:
     assert status == 101
 
 
-async def test_half_a_request_head_answers_408_after_handshake_timeout() -> None:
+async def test_half_a_request_head_answers_408_after_handshake_timeout(
+    mock_clock: MockClock,
+) -> None:
     handler = EchoHandler()
-    async with running(handler, handshake_timeout=0.5) as server:
+    async with running(handler, handshake_timeout=2.0) as server, fail_after_real():
+        stalled = await RawClient.connect(server)
+        late = await RawClient.connect(server)
+        try:
+            await stalled.send(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgr")
+            request = upgrade_request()
+            await late.send(request[:40])
+            await advance(mock_clock, 1.9)
+            assert await stalled.received_nothing()
+            assert await late.received_nothing()
+            # the rest of the head, within the timeout: upgraded, and never timed out
+            await late.send(request[40:])
+            status, _, _ = await late.read_head()
+            assert status == 101
+            await advance(mock_clock, 0.2)
+            status, _, body = await stalled.read_head()
+            assert await stalled.at_eof()
+            assert (status, body) == (408, b"request head took too long\n")
+            await advance(mock_clock, 10.0)
+            assert await late.received_nothing()
+        finally:
+            await stalled.aclose()
+            await late.aclose()
+        assert await status_of(server, plain("GET", "/health")) == 200
+    assert handler.auth_calls == 1
+
+
+async def test_a_request_body_that_stalls_answers_408_after_handshake_timeout(
+    mock_clock: MockClock,
+) -> None:
+    async with running(RouteHandler(), handshake_timeout=2.0) as server, fail_after_real():
         client = await RawClient.connect(server)
         try:
-            await client.send(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgr")
-            with trio.fail_after(10):
-                status, _, _ = await client.read_head()
-                assert await client.at_eof()
+            await client.send(plain("POST", "/echo", "Content-Length: 10") + b"12345")
+            await advance(mock_clock, 1.9)
+            assert await client.received_nothing()
+            await advance(mock_clock, 0.2)
+            status, _, body = await client.read_head()
+            assert (status, body) == (408, b"request took too long\n")
         finally:
             await client.aclose()
-        assert status == 408
-        assert await status_of(server, plain("GET", "/health")) == 200
-    assert handler.auth_calls == 0
 
 
 async def test_client_closing_before_a_request_gets_no_answer_and_server_keeps_serving() -> None:
@@ -563,9 +603,7 @@ async def test_upgrade_beyond_max_connections_answers_503_without_authenticating
         # plain HTTP is not limited
         assert await status_of(server, plain("GET", "/health")) == 200
         await second.aclose()
-        with trio.fail_after(5):
-            while server.connection_count > 1:
-                await trio.sleep(0.01)
+        await wait_until(lambda: server.connection_count == 1)
         async with open_websocket_url(server.url) as third:
             await third.send_message('"third"')
             with trio.fail_after(5):

@@ -7,7 +7,6 @@ import json
 from typing import Any
 
 import pytest
-import trio
 from trio_websocket import open_websocket_url
 
 from riverside_trio import (
@@ -25,7 +24,7 @@ from riverside_trio import (
 from riverside_trio.delivery.registry import Registry
 from riverside_trio.destinations import Destination
 
-from ._helpers import running
+from ._helpers import running, wait_until
 
 
 class Recorder:
@@ -92,11 +91,11 @@ async def test_a_destination_reports_its_first_and_last_local_member_once() -> N
                 assert events[3:] == [("first", Session("alice", "laptop"))]
                 await command(laptop, "leave", "lobby")  # not the last: no event
                 assert len(events) == 4
-            await wait_for(lambda: server.connection_count == 1)
+            await wait_until(lambda: server.connection_count == 1)
             assert events[4:] == [("last", Session("alice", "laptop"))]
             await command(phone, "leave", "lobby")
             assert events[5:] == [("last", Channel("lobby"))]
-        await wait_for(lambda: server.connection_count == 0)
+        await wait_until(lambda: server.connection_count == 0)
         assert events[6:] == [("last", User("alice")), ("last", Session("alice", "phone"))]
 
 
@@ -120,7 +119,7 @@ async def test_names_and_groups_report_first_and_last_and_a_closing_connection_l
             ]
             del events[:]
         # The client closes: the connection leaves every destination at once.
-        await wait_for(lambda: server.connection_count == 0)
+        await wait_until(lambda: server.connection_count == 0)
         assert sorted(events, key=repr) == sorted(
             [
                 ("last", User("bob")),
@@ -169,7 +168,7 @@ async def test_every_kind_of_destination_takes_messages_and_infos(
         open_websocket_url(server.url + "?user=a") as a,
         open_websocket_url(server.url + "?user=b") as b,
     ):
-        await wait_for(lambda: len(server._core.registry.groups.get("everyone", ())) == 2)
+        await wait_until(lambda: len(server._core.registry.groups.get("everyone", ())) == 2)
         hub = server._core.hub
         assert hub.deliver(destination, "message") == len(reached)
         assert hub.send_info(destination, "news") == len(reached)
@@ -187,13 +186,3 @@ async def test_every_kind_of_destination_takes_messages_and_infos(
 def test_an_unknown_destination_is_a_type_error_naming_what_was_given() -> None:
     with pytest.raises(TypeError, match="got int"):
         Registry().members(42)  # type: ignore[arg-type]
-
-
-async def wait_for(condition: Any) -> None:
-    """Wait until ``condition()`` holds; the server's tasks settle between checks."""
-    for _ in range(1000):
-        if condition():
-            return
-        await trio.testing.wait_all_tasks_blocked()
-        await trio.sleep(0)
-    raise AssertionError("the condition never held")

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import trio
+from trio.testing import MockClock
 
 from riverside_trio import (
     Accept,
@@ -27,7 +28,16 @@ from riverside_trio import (
     User,
 )
 
-from ._helpers import NO_TIMERS, RawClient, client_frame, running, ws_open
+from ._helpers import (
+    NO_TIMERS,
+    RawClient,
+    advance,
+    client_frame,
+    fail_after_real,
+    running,
+    wait_until,
+    ws_open,
+)
 
 
 class Hub(Handler):
@@ -65,11 +75,11 @@ class Hub(Handler):
             conn.send({"ready": True})
 
     async def work(self, value: int) -> int:
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         return value * 2
 
     async def crash(self) -> None:
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         raise ValueError("boom")
 
     async def handle_info(self, info: Any, conn: Connection) -> None:
@@ -313,20 +323,27 @@ async def test_drop_oldest_keeps_the_newest_messages_in_order() -> None:
     assert numbers[-1] == 399
 
 
-async def test_close_policy_sheds_the_slow_consumer() -> None:
+async def test_close_policy_sheds_the_slow_consumer_and_cuts_it_off_after_close_timeout(
+    mock_clock: MockClock,
+) -> None:
     handler = Flood()
-    settings = dict(NO_TIMERS, outbox_size=8, outbox_bytes=1 << 20, close_timeout=0.5)
+    settings = dict(NO_TIMERS, outbox_size=8, outbox_bytes=1 << 20, close_timeout=2.0)
     async with running(handler, **settings) as server:
         client = await RawClient.connect(server)
         try:
-            with trio.fail_after(30):
+            with fail_after_real():
                 status, _, _ = await client.upgrade()
                 assert status == 101
                 await client.send(
                     client_frame(0x2, (400).to_bytes(4, "big") + (65536).to_bytes(4, "big"))
                 )
-                while not handler.terminated:
-                    await trio.sleep(0.01)
+                await wait_until(lambda: server.connections()[0].closed)
+                # shed, but its close frame is queued behind what it does not read: the
+                # server waits close_timeout for the closing handshake, then cuts it off
+                await advance(mock_clock, 1.9, step=0.1)
+                assert handler.terminated == []
+                await advance(mock_clock, 0.2)
+                await wait_until(lambda: bool(handler.terminated))
                 assert not handler.done.is_set()  # send() raised ConnectionClosed once shed
                 assert handler.terminated[0].kind == "slow_consumer"
                 assert handler.terminated[0].code == 1008

@@ -14,6 +14,7 @@ import trio
 import trio.testing
 import websockets.exceptions
 import websockets.sync.client
+from trio.testing import MockClock
 from trio_websocket import ConnectionClosed as ClientConnectionClosed
 from trio_websocket import WebSocketConnection, open_websocket_url, wrap_client_stream
 
@@ -28,7 +29,15 @@ from riverside_trio import (
     TerminateReason,
 )
 
-from ._helpers import RawClient, client_frame, running, upgrade_request
+from ._helpers import (
+    RawClient,
+    advance,
+    client_frame,
+    fail_after_real,
+    running,
+    upgrade_request,
+    wait_until,
+)
 
 
 def config(**settings: Any) -> Config:
@@ -92,15 +101,11 @@ async def trio_websocket(
 
 
 async def wait_connections(server: Server, n: int) -> None:
-    with trio.fail_after(5):
-        while server.connection_count != n:
-            await trio.sleep(0.01)
+    await wait_until(lambda: server.connection_count == n)
 
 
 async def wait_terminated(handler: TrackingHandler, n: int) -> None:
-    with trio.fail_after(5):
-        while len(handler.reasons) < n:
-            await trio.sleep(0.01)
+    await wait_until(lambda: len(handler.reasons) >= n)
 
 
 async def echo_round_trip(server: Server, text: str = "still serving") -> None:
@@ -282,28 +287,45 @@ async def test_upgrades_reaching_the_server_during_shutdown_get_503() -> None:
     assert handler.reasons == []  # no connection was ever opened
 
 
-async def test_shutdown_cuts_off_clients_that_ignore_the_close_after_drain_timeout() -> None:
+async def test_shutdown_cuts_off_clients_that_ignore_the_close_after_drain_timeout(
+    mock_clock: MockClock,
+) -> None:
     handler = TrackingHandler()
-    with trio.fail_after(15):
+    stopped = trio.Event()
+    with fail_after_real():
         async with trio.open_nursery() as nursery:
             server: Server = await nursery.start(
-                riverside_trio.serve, handler, config(drain_timeout=0.2)
+                riverside_trio.serve, handler, config(drain_timeout=2.0, close_timeout=30)
             )
+
+            async def note_stopped() -> None:
+                await server.wait_stopped()
+                stopped.set()
+
+            nursery.start_soon(note_stopped)
             raw = await RawClient.connect(server)
             try:
                 assert (await raw.upgrade())[0] == 101
                 await wait_connections(server, 1)
                 server.shutdown()
                 assert await raw.read_close() == (1001, "shutdown")
-                # never answer: the server stops anyway
-                await server.wait_stopped()
+                # never answer: the server waits drain_timeout, then stops anyway
+                await advance(mock_clock, 1.9, step=0.1)
+                assert not stopped.is_set()
+                assert handler.reasons == []
+                assert server.connection_count == 1
+                await advance(mock_clock, 0.2)
+                with fail_after_real():
+                    await stopped.wait()
                 assert await raw.at_eof()
             finally:
                 await raw.aclose()
-    assert [(r.kind, r.code) for r in handler.reasons] == [("shutdown", 1001)]
+    assert handler.reasons == [TerminateReason("shutdown", 1001, "shutdown")]
 
 
-async def test_shutdown_cancels_an_authenticate_that_outlasts_drain_timeout() -> None:
+async def test_shutdown_cancels_an_authenticate_that_outlasts_drain_timeout(
+    mock_clock: MockClock,
+) -> None:
     cancelled = trio.Event()
 
     class Stuck(TrackingHandler):
@@ -315,16 +337,20 @@ async def test_shutdown_cancels_an_authenticate_that_outlasts_drain_timeout() ->
                 cancelled.set()
 
     handler = Stuck()
-    with trio.fail_after(15):
+    with fail_after_real():
         async with trio.open_nursery() as nursery:
             server: Server = await nursery.start(
-                riverside_trio.serve, handler, config(drain_timeout=0.2)
+                riverside_trio.serve, handler, config(drain_timeout=2.0)
             )
             raw = await RawClient.connect(server)
             try:
                 await raw.send(upgrade_request())
                 await handler.auth_entered.wait()
                 server.shutdown()
+                await advance(mock_clock, 1.9, step=0.1)
+                assert not cancelled.is_set()
+                assert await raw.received_nothing()
+                await advance(mock_clock, 0.2)
                 await server.wait_stopped()
                 assert cancelled.is_set()
                 assert await raw.at_eof()
