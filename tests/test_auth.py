@@ -211,7 +211,7 @@ class RecordingHandler(Handler):
 
 async def test_auth_request_carries_path_query_headers_peer_and_credentials() -> None:
     handler = RecordingHandler()
-    async with running(handler) as server:
+    async with running(handler, trusted_proxies=["127.0.0.1", "10.0.0.0/8"]) as server:
         client = await RawClient.connect(server)
         try:
             local_port = client.stream.socket.getsockname()[1]
@@ -237,7 +237,7 @@ async def test_auth_request_carries_path_query_headers_peer_and_credentials() ->
     assert req.headers["X-CUSTOM"] == "one"
     assert req.headers["host"] == "127.0.0.1"
     assert req.peer == ("127.0.0.1", local_port)
-    assert req.forwarded_for == "203.0.113.7"
+    assert req.forwarded_for == "203.0.113.7"  # 10.0.0.1 is a trusted proxy: skipped
     assert req.basic == ("alice", "pa:ss")
     assert req.bearer_token is None
     assert req.subprotocols == ("chat.v2", "chat.v1")

@@ -102,6 +102,9 @@ def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
         (["--log-level", "trace"], "log_level (from --log-level): must be one of"),
         (["--path", "ws"], "path (from --path): must be a URL path starting with '/'"),
         (["--allowed-origin", "https://a.example/x"], "allowed_origins (from --allowed-origin)"),
+        (["--trusted-proxy", "lb.local"], "trusted_proxies (from --trusted-proxy): 'lb.local'"),
+        (["--authenticate-timeout", "0"], "authenticate_timeout (from --authenticate-timeout)"),
+        (["--max-pending-handshakes", "x"], "max_pending_handshakes (from --max-pending-hand"),
         (["--health-path", "/ws"], "health_path (from --health-path): '/ws' is already"),
     ],
 )
@@ -173,6 +176,12 @@ def test_flags_override_toml_and_environment(
         "https://a.example",
         "--allowed-origin",
         "http://localhost:3000",
+        "--trusted-proxy",
+        "10.0.0.0/8",
+        "--trusted-proxy",
+        "192.168.0.1",
+        "--max-pending-per-address",
+        "16",
         "--log-format",
         "json",
     ]
@@ -186,6 +195,8 @@ def test_flags_override_toml_and_environment(
     assert config.idle_timeout is None  # flag over env
     assert config.reuse_port is True
     assert config.allowed_origins == ("https://a.example", "http://localhost:3000")
+    assert config.trusted_proxies == ("10.0.0.0/8", "192.168.0.1/32")
+    assert config.max_pending_per_address == 16
     assert config.log_format == "json"
     assert config.path == "/ws"  # default
 

@@ -21,7 +21,11 @@ def test_defaults() -> None:
     assert (config.transmission_limit, config.transmission_period) == (50, 2.0)
     assert (config.outbox_size, config.outbox_bytes) == (1000, 16_777_216)
     assert config.max_header_size == 16_384
+    assert config.max_headers == 100
+    assert (config.max_pending_handshakes, config.max_pending_per_address) == (1024, 64)
+    assert config.trusted_proxies == ()
     assert config.handshake_timeout == 10.0
+    assert config.authenticate_timeout == 5.0
     assert config.idle_timeout == 60.0
     assert config.max_connection_age is None
     assert (config.ping_interval, config.ping_timeout) == (30.0, 20.0)
@@ -64,7 +68,21 @@ BAD_VALUES: dict[str, list[object]] = {
     "outbox_size": [0, None, "1"],
     "outbox_bytes": [0, 2.5],
     "max_header_size": [1023, 0, "16k"],
+    "max_headers": [0, -1, None, 1.5, "100"],
+    "max_pending_handshakes": [0, -1, None, True, "1024"],
+    "max_pending_per_address": [0, -64, None, 2.0, "64"],
+    "trusted_proxies": [
+        "10.0.0.1",  # a bare string, not a list
+        None,
+        ["proxy.example.com"],
+        ["10.0.0.1/8"],  # host bits set
+        ["10.0.0.0/33"],
+        ["2001:db8::1/32"],
+        ["*"],
+        [10],
+    ],
     "handshake_timeout": [0, -1, None, "10"],
+    "authenticate_timeout": [0, -5, None, "5", float("inf"), float("nan")],
     "idle_timeout": [0, -3.5, "60", False],
     "max_connection_age": [0, -1, "1h"],
     "ping_interval": [0, -1, "30"],
@@ -128,6 +146,10 @@ def test_error_message_says_what_is_allowed() -> None:
         {"max_header_size": 1024},
         {"host": "::"},
         {"allowed_origins": ("https://example.com", "http://localhost:3000")},
+        {"max_headers": 1, "max_pending_handshakes": 1, "max_pending_per_address": 1},
+        {"authenticate_timeout": 0.001},
+        {"trusted_proxies": ()},
+        {"trusted_proxies": ("10.0.0.0/8", "192.168.1.7/32", "2001:db8::/32")},
     ],
 )
 def test_valid_edge_values_are_accepted(changes: dict[str, object]) -> None:
@@ -143,6 +165,20 @@ def test_values_are_normalised() -> None:
     assert type(config.transmission_period) is float
     assert type(config.idle_timeout) is float
     assert config.allowed_origins == ("https://example.com:8443",)
+
+
+def test_trusted_proxies_are_normalised_to_networks() -> None:
+    config = Config(trusted_proxies=["10.1.2.3", " 2001:DB8::/32", "::ffff:0:0/96"])
+    assert config.trusted_proxies == ("10.1.2.3/32", "2001:db8::/32", "::ffff:0:0/96")
+
+
+def test_trusted_proxies_errors_name_the_entry_and_suggest_the_network() -> None:
+    with pytest.raises(
+        ConfigError, match=r"'10.0.0.1/8' has host bits set; did you mean '10.0.0.0/8'"
+    ):
+        Config(trusted_proxies=["10.0.0.1/8"])
+    with pytest.raises(ConfigError, match=r"^trusted_proxies: 'lb.internal' is not an IP address"):
+        Config(trusted_proxies=["lb.internal"])
 
 
 def test_replace_revalidates() -> None:
@@ -339,6 +375,50 @@ def test_env_allowed_origins_comma_separated() -> None:
     config = load_config(env=env)
     assert config.allowed_origins == ("https://a.example", "http://localhost:3000")
     assert load_config(env={"RIVERSIDE_ALLOWED_ORIGINS": "off"}).allowed_origins is None
+
+
+def test_env_limits_before_the_handshake() -> None:
+    env = {
+        "RIVERSIDE_MAX_HEADERS": "50",
+        "RIVERSIDE_MAX_PENDING_HANDSHAKES": "200",
+        "RIVERSIDE_MAX_PENDING_PER_ADDRESS": "8",
+        "RIVERSIDE_AUTHENTICATE_TIMEOUT": "2.5",
+        "RIVERSIDE_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1 ,",
+    }
+    config = load_config(env=env)
+    assert (config.max_headers, config.authenticate_timeout) == (50, 2.5)
+    assert (config.max_pending_handshakes, config.max_pending_per_address) == (200, 8)
+    assert config.trusted_proxies == ("10.0.0.0/8", "127.0.0.1/32")
+    assert load_config(env={"RIVERSIDE_TRUSTED_PROXIES": ""}).trusted_proxies == ()
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "expected"),
+    [
+        ("RIVERSIDE_TRUSTED_PROXIES", "10.0.0.0/8,nope", "'nope' is not an IP address"),
+        ("RIVERSIDE_AUTHENTICATE_TIMEOUT", "soon", "expected a number of seconds, got 'soon'"),
+        ("RIVERSIDE_AUTHENTICATE_TIMEOUT", "off", "expected a number of seconds, got 'off'"),
+        ("RIVERSIDE_MAX_PENDING_PER_ADDRESS", "0", "must be an integer >= 1, got 0"),
+        ("RIVERSIDE_MAX_HEADERS", "many", "expected an integer, got 'many'"),
+    ],
+)
+def test_env_bad_limit_names_the_setting_and_variable(var: str, value: str, expected: str) -> None:
+    name = var.removeprefix("RIVERSIDE_").lower()
+    with pytest.raises(ConfigError) as exc_info:
+        load_config(env={var: value})
+    assert exc_info.value.setting == name
+    assert str(exc_info.value).startswith(f"{name} (from {var}): ")
+    assert expected in str(exc_info.value)
+
+
+def test_toml_trusted_proxies_list(tmp_path: Path) -> None:
+    path = write(tmp_path, 'trusted_proxies = ["10.0.0.0/8", "fd00::/8"]\nmax_headers = 64\n')
+    config = load_config(toml_path=path, env={})
+    assert config.trusted_proxies == ("10.0.0.0/8", "fd00::/8")
+    assert config.max_headers == 64
+    path = write(tmp_path, 'trusted_proxies = ["10.0.0.1/8"]\n')
+    with pytest.raises(ConfigError, match=r"^trusted_proxies \(from .*riverside.toml\): "):
+        load_config(toml_path=path, env={})
 
 
 def test_overrides_unknown_name_suggests_closest() -> None:

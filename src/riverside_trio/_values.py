@@ -84,8 +84,9 @@ class AuthRequest:
         query_list: every ``(name, value)`` pair in order.
         headers: case-insensitive request headers.
         peer: the client's ``(host, port)`` as the socket sees it.
-        forwarded_for: the first address of ``X-Forwarded-For``, if any. Trust it only
-            behind a proxy you control.
+        forwarded_for: the client's address as your reverse proxy saw it: read from
+            ``X-Forwarded-For`` only when ``peer`` is one of ``Config.trusted_proxies``
+            (the right-most address there that is not a trusted proxy); None otherwise.
         subprotocols: the subprotocols the client offered, in its order of preference.
     """
 
@@ -109,10 +110,11 @@ class AuthRequest:
         None when the header is absent, not Basic, or not valid base64.
         """
         scheme, _, value = self.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "basic" or not value.strip():
+        value = value.strip(" \t")  # HTTP's whitespace only (str.strip() drops \x85 too)
+        if scheme.lower() != "basic" or not value:
             return None
         try:
-            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
         except ValueError:  # binascii.Error, UnicodeDecodeError, non-ASCII text
             return None
         user, sep, password = decoded.partition(":")
@@ -122,7 +124,7 @@ class AuthRequest:
     def bearer_token(self) -> str | None:
         """The token of ``Authorization: Bearer <token>``, or None."""
         scheme, _, value = self.headers.get("authorization", "").partition(" ")
-        token = value.strip()
+        token = value.strip(" \t")
         return token if scheme.lower() == "bearer" and token else None
 
 

@@ -206,10 +206,17 @@ def load_handler(spec: str) -> Handler:
 # -- flags ---------------------------------------------------------------------------------
 
 
+# Settings that are lists: one value per flag, the flag repeated (and its metavar).
+_REPEATED = {
+    "allowed_origins": ("--allowed-origin", "ORIGIN"),
+    "trusted_proxies": ("--trusted-proxy", "ADDRESS|CIDR"),
+}
+
+
 def _flag(name: str) -> str:
     """The flag of setting ``name``: ``--max-connections``; ``--allowed-origin`` (repeated)."""
-    if name == "allowed_origins":
-        return "--allowed-origin"
+    if name in _REPEATED:
+        return _REPEATED[name][0]
     return "--" + name.replace("_", "-")
 
 
@@ -219,7 +226,7 @@ def _metavar(name: str) -> str:
     if typing.get_origin(base) is Literal:
         text = "{" + ",".join(typing.get_args(base)) + "}"
     elif typing.get_origin(base) is tuple:
-        return "ORIGIN"
+        return _REPEATED[name][1]
     elif base is float and rule.unit == "seconds":
         text = "SECONDS"
     elif base is int:
@@ -237,7 +244,9 @@ def _help(name: str) -> str:
     default = next(f.default for f in dataclasses.fields(Config) if f.name == name)
     if name == "allowed_origins":
         doc += " Repeat the flag for several origins."
-    shown = "off" if default is None else default
+    elif name == "trusted_proxies":
+        doc += " Repeat the flag for several proxies."
+    shown = "off" if default is None else "none" if default == () else default
     env = ENV_PREFIX + name.upper()
     return f"{doc} (default: {shown}; env {env})".replace("%", "%%")
 
@@ -317,7 +326,7 @@ def _build_parser() -> argparse.ArgumentParser:
             group.add_argument(
                 _flag(f.name),
                 dest=f.name,
-                action="append" if f.name == "allowed_origins" else "store",
+                action="append" if f.name in _REPEATED else "store",
                 metavar=_metavar(f.name),
                 default=argparse.SUPPRESS,
                 help=_help(f.name),

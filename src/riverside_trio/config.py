@@ -23,10 +23,10 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import structlog
 
+from ._config_lists import check_networks, check_origins
 from .errors import ConfigError
 
 __all__ = ["ENV_PREFIX", "Config", "load_config"]
@@ -81,6 +81,9 @@ class Config:
             a prefix: "/rooms/*" upgrades every path under /rooms/, "/*" every path.
         reuse_port: Set SO_REUSEPORT so several processes can share the port.
         backlog: Length of the kernel's queue of not yet accepted connections, >= 1.
+        trusted_proxies: Addresses or CIDR networks of your reverse proxies (e.g.
+            "10.0.0.0/8"). Only a request from one of them has its X-Forwarded-For read: the
+            client is its right-most address that is not a trusted proxy. Empty: never read.
         tls_certfile: PEM file of the server's certificate (and chain): serve wss:// with
             TLS; None ("off") serves plain ws://.
         tls_keyfile: PEM file of the certificate's private key; None ("off") when the key is
@@ -101,7 +104,18 @@ class Config:
             "drop_oldest" queued messages to make room for the new one, or "drop_newest"
             (the new message is not queued). Every drop is counted in the metrics.
         max_header_size: Largest HTTP request head in bytes, >= 1024; a bigger one gets 431.
-        handshake_timeout: Seconds a client has to send its HTTP request head, > 0.
+        max_headers: Most header fields in an HTTP request head, >= 1; more get 431.
+        max_pending_handshakes: Most sockets that are not (yet) WebSocket connections: still
+            sending their request head, in authenticate, or being answered, >= 1. Beyond it
+            a new socket is closed at once, with nothing written.
+        max_pending_per_address: Most such sockets from one client address (IPv6: one /64),
+            >= 1. Beyond it a new socket from that address is closed at once. A trusted
+            proxy's sockets count against the client its X-Forwarded-For names, once read.
+        handshake_timeout: Seconds a client has, from the moment its socket is accepted, to
+            complete a TLS handshake (with TLS) and send its HTTP request head, > 0; then 408
+            (or, before TLS is up, a close).
+        authenticate_timeout: Seconds Handler.authenticate may take, > 0; then the client
+            gets 504 and its slot is freed.
         idle_timeout: Seconds without a message from the client before it is closed
             (1000 idle_timeout), > 0; None ("off") turns it off.
         max_connection_age: Seconds after which a connection is closed (1000 over_age),
@@ -131,6 +145,7 @@ class Config:
     path: str = _setting("/ws", url_path=True)
     reuse_port: bool = False
     backlog: int = _setting(1024, min=1)
+    trusted_proxies: tuple[str, ...] = ()
 
     # TLS (wss://)
     tls_certfile: str | None = None
@@ -146,9 +161,13 @@ class Config:
     outbox_bytes: int = _setting(16_777_216, min=1, unit="bytes")
     outbox_policy: Literal["close", "drop_oldest", "drop_newest"] = "close"
     max_header_size: int = _setting(16_384, min=1024, unit="bytes")
+    max_headers: int = _setting(100, min=1)
+    max_pending_handshakes: int = _setting(1024, min=1)
+    max_pending_per_address: int = _setting(64, min=1)
 
     # timeouts (seconds; None = off where allowed)
     handshake_timeout: float = _setting(10.0, gt=0, unit="seconds")
+    authenticate_timeout: float = _setting(5.0, gt=0, unit="seconds")
     idle_timeout: float | None = _setting(60.0, gt=0, unit="seconds")
     max_connection_age: float | None = _setting(None, gt=0, unit="seconds")
     ping_interval: float | None = _setting(30.0, gt=0, unit="seconds")
@@ -215,9 +234,10 @@ def load_config(
             that is set, else no file. Optional settings accept the string ``"off"``.
         env: Environment variables, ``os.environ`` when None. ``RIVERSIDE_<NAME>`` sets the
             setting ``<name>``: ``off``/``none`` turns an optional setting off, booleans are
-            ``1/0/true/false/yes/no/on/off``, ``allowed_origins`` is comma-separated. A
-            ``RIVERSIDE_*`` variable that names no setting is logged as a warning (with the
-            closest setting's name) and ignored: an application may have its own.
+            ``1/0/true/false/yes/no/on/off``, ``allowed_origins`` and ``trusted_proxies`` are
+            comma-separated. A ``RIVERSIDE_*`` variable that names no setting is logged as a
+            warning (with the closest setting's name) and ignored: an application may have
+            its own.
         overrides: Setting values that win over everything, e.g. command-line flags.
 
     Raises:
@@ -404,7 +424,9 @@ def _check(name: str, value: object) -> object:
     if value is None and optional:
         return None
     if typing.get_origin(base) is tuple:
-        return _check_origins(name, value)
+        if name == "trusted_proxies":
+            return check_networks(name, value)
+        return check_origins(name, value)
     result = value
     ok = False
     if base is bool:
@@ -439,44 +461,6 @@ def _is_path(value: str) -> bool:
     return _PATH_RE.fullmatch(value) is not None
 
 
-def _check_origins(name: str, value: object) -> tuple[str, ...]:
-    if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
-        raise ConfigError(
-            name, f"must be a list of origins like 'https://example.com', or None, got {value!r}"
-        )
-    if not value:
-        raise ConfigError(name, "lists no origin; list at least one, or use None to allow any")
-    origins = []
-    for origin in value:
-        if not isinstance(origin, str):
-            raise ConfigError(name, f"origins must be strings, got {origin!r}")
-        if origin.strip() == "*":
-            raise ConfigError(name, "'*' is not an origin; use None ('off') to allow any")
-        parts = urlsplit(origin)
-        try:
-            port_ok = parts.port is None or parts.port > 0
-        except ValueError:
-            port_ok = False
-        if (
-            parts.scheme not in ("http", "https")
-            or not parts.hostname
-            or parts.username is not None
-            or parts.password is not None
-            or parts.path
-            or parts.query
-            or parts.fragment
-            or origin.endswith(("?", "#"))
-            or not port_ok
-        ):
-            raise ConfigError(
-                name,
-                f"{origin!r} is not an origin: expected exactly 'scheme://host[:port]' "
-                "with scheme http or https and no path, e.g. 'https://example.com:8443'",
-            )
-        origins.append(origin.lower())
-    return tuple(origins)
-
-
 def _describe(name: str) -> str:
     """What ``Config`` accepts for ``name``, for error messages."""
     optional, base = _split_optional(_hints()[name])
@@ -496,6 +480,8 @@ def _describe(name: str) -> str:
             text += f" > {rule.gt:g}"
     elif typing.get_origin(base) is Literal:
         text = "one of " + ", ".join(repr(c) for c in typing.get_args(base))
+    elif typing.get_origin(base) is tuple and name == "trusted_proxies":
+        return "a list of addresses or networks like '10.0.0.0/8'"
     elif typing.get_origin(base) is tuple:
         return "a list of origins like 'https://example.com', or None to allow any"
     elif base is str and rule.url_path:

@@ -11,6 +11,8 @@ Names follow Riverside's::
     riverside_disconnects_total{reason}                counter (TerminateReason.kind)
     riverside_invalid_messages_total{kind}             counter (wrong_type, undecodable)
     riverside_dropped_messages_total                   counter (outbox_policy drop_*)
+    riverside_pending_handshakes_count                 gauge (sockets not yet WebSockets)
+    riverside_refused_sockets_total{reason}            counter (pending_global, pending_per_address)
 """
 
 from __future__ import annotations
@@ -36,9 +38,16 @@ class Metrics:
     """The counters of one server. Read them directly in tests; scrape them at /metrics."""
 
     def __init__(
-        self, connected: Callable[[], int], dropped_live: Callable[[], int] | None = None
+        self,
+        connected: Callable[[], int],
+        dropped_live: Callable[[], int] | None = None,
+        *,
+        pending: Callable[[], int] | None = None,
     ) -> None:
         self._connected = connected
+        self._pending = pending
+        self.refused_sockets: Counter[str] = Counter()
+        """Sockets closed at accept, unanswered, by reason (pending_global, pending_per_address)."""
         self._dropped_live = dropped_live
         self.dropped_messages = 0
         self.sessions_total = 0
@@ -59,6 +68,11 @@ class Metrics:
     def connected(self) -> int:
         """Connections open now."""
         return self._connected()
+
+    @property
+    def pending_handshakes(self) -> int:
+        """Sockets accepted that are not (yet) WebSocket connections."""
+        return self._pending() if self._pending is not None else 0
 
     @property
     def dropped(self) -> int:
@@ -141,3 +155,16 @@ class _Collector:
             "Messages dropped because a client's outbox or mailbox was full",
             m.dropped,
         )
+        yield GaugeMetricFamily(
+            "riverside_pending_handshakes_count",
+            "Sockets accepted that are not (yet) WebSocket connections",
+            m.pending_handshakes,
+        )
+        refused = CounterMetricFamily(
+            "riverside_refused_sockets",
+            "Sockets closed at once when accepted, over a cap of pending handshakes",
+            labels=["reason"],
+        )
+        for reason in ("pending_global", "pending_per_address"):
+            refused.add_metric([reason], m.refused_sockets[reason])
+        yield refused

@@ -15,6 +15,7 @@ from ..delivery.hub import Hub
 from ..delivery.registry import Registry
 from ..metrics import Metrics
 from ..wire.frames import Cork
+from ._admission import Admission
 
 __all__ = ["Callbacks", "Core"]
 
@@ -54,7 +55,10 @@ class Core:
             (lambda: sum(c._outbox.dropped_frames for c in registry.connections))
             if config.outbox_policy == "drop_oldest"
             else None,
+            pending=lambda: self.admission.pending,
         )
+        # Sockets before their handshake: the caps, the deadlines, the trusted proxies.
+        self.admission = Admission(config, self.metrics.refused_sockets)
         self.hub = Hub(registry, self.codec, self.metrics, compress=config.permessage_deflate)
         self.shutting_down = False
         self.handshakes = 0  # upgrades between 'accepted' and 'registered'

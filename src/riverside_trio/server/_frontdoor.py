@@ -2,16 +2,22 @@
 
 Decisions, in order (RFC 6455 section 4.2.1 for the upgrade):
 
-- The head must arrive within ``handshake_timeout`` (else 408) and fit in
-  ``max_header_size`` (else 431); h11 rejects malformed HTTP, and HTTP/1.1 without
-  ``Host``, with 400.
+- The socket was admitted with a pending slot (``_admission.py``) whose deadline is
+  ``handshake_timeout`` after the accept: the TLS handshake (if any) and the whole head
+  must be done by then (else 408; a close when TLS is not up yet, as nothing can be said).
+  The head must fit in ``max_header_size`` and ``max_headers`` fields (else 431); h11
+  rejects malformed HTTP, and HTTP/1.1 without ``Host``, with 400.
+- From a trusted proxy, ``X-Forwarded-For`` names the client (the right-most address that
+  is not a trusted proxy), and the slot is charged to that address: over
+  ``max_pending_per_address`` -> 503. From anyone else it is not read.
 - A request with ``Upgrade: websocket``: to another path than ``Config.path`` -> 404; not
-  ``GET``, not HTTP/1.1, no ``Connection: upgrade``, or a ``Sec-WebSocket-Key`` that is not
+  ``GET``, not HTTP/1.1, a body (``Content-Length`` other than 0, or any
+  ``Transfer-Encoding``), no ``Connection: upgrade``, or a ``Sec-WebSocket-Key`` that is not
   16 bytes of base64 -> 400; a ``Sec-WebSocket-Version`` other than 13 -> 400 with
   ``Sec-WebSocket-Version: 13``; an ``Origin`` outside ``allowed_origins`` -> 403; the
   server shutting down or at ``max_connections`` -> 503 (before ``authenticate`` runs);
-  then ``authenticate`` decides: ``AuthError`` -> its status, anything else but
-  :class:`Accept` -> 500.
+  then ``authenticate`` decides within ``authenticate_timeout`` (else 504): ``AuthError``
+  -> its status, anything else but :class:`Accept` -> 500.
 - A plain request: ``health_path`` -> 200 ``OK``; ``metrics_path`` -> Prometheus text;
   ``Config.path`` -> 426 with ``Upgrade: websocket``; anything else -> ``handle_http``,
   404 when it returns None. Plain HTTP connections close after one response.
@@ -31,12 +37,16 @@ from ..errors import AuthError
 from ..wire.deflate import Inflater, negotiate
 from ..wire.handshake import (
     build_headers,
+    has_body,
     is_ws_path,
     response,
+    subprotocols,
     switching_protocols,
     tokens,
+    trim,
     valid_key,
 )
+from ._admission import Slot
 from ._connection import Connection
 from ._core import Core
 from ._transport import Transport
@@ -57,9 +67,15 @@ async def _next_event(conn: h11.Connection, transport: Transport) -> object:
     return event
 
 
-async def _close_after_response(transport: Transport, data: bytes) -> None:
-    """Send a whole response, then close without resetting what is still in flight."""
-    if await transport.send_all(data):
+async def _close_after_response(core: Core, transport: Transport, data: bytes) -> None:
+    """Send a whole response, then close without resetting what is still in flight.
+
+    A client that does not read the response within ``handshake_timeout`` is cut off.
+    """
+    sent = False
+    with trio.move_on_after(core.config.handshake_timeout):
+        sent = await transport.send_all(data)
+    if sent:
         transport.send_eof()
         # Read (and drop) what the client still sends, briefly, so close() sends FIN, not RST.
         with trio.move_on_after(1.0):
@@ -72,12 +88,13 @@ async def _close_after_response(transport: Transport, data: bytes) -> None:
 
 
 async def handle_request(
-    core: Core, transport: Transport, peer: tuple[str, int]
+    core: Core, transport: Transport, peer: tuple[str, int], slot: Slot
 ) -> Connection | None:
     """Read one request; answer it, or complete the upgrade and return the new Connection.
 
-    The caller owns ``transport``: when this returns None the response (if any) was sent
-    and the transport can be closed.
+    The caller owns ``transport`` and ``slot`` (the socket's pending slot, whose deadline
+    bounds the request head): when this returns None the response (if any) was sent and
+    the transport can be closed.
     """
     cfg = core.config
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=cfg.max_header_size)
@@ -89,17 +106,24 @@ async def handle_request(
             conn.receive_data(first)
             event = conn.next_event()
         if event is h11.NEED_DATA:
-            with trio.move_on_after(cfg.handshake_timeout) as scope:
+            # One deadline, counted from the accept, for the TLS handshake and the head.
+            with trio.move_on_at(slot.deadline) as scope:
+                if not await transport.handshake():
+                    log.debug("tls_handshake_failed", peer=peer)
+                    return None
                 event = await _next_event(conn, transport)
             if scope.cancelled_caught:
+                if not transport.secure_channel_up:
+                    log.debug("tls_handshake_timeout", peer=peer)
+                    return None  # nothing can be said before TLS is up: close
                 await _close_after_response(
-                    transport, response(408, "request head took too long\n")
+                    core, transport, response(408, "request head took too long\n")
                 )
                 return None
     except h11.RemoteProtocolError as exc:
         status = exc.error_status_hint if exc.error_status_hint in (400, 431) else 400
         log.debug("bad_request", peer=peer, status=status, error=str(exc))
-        await _close_after_response(transport, response(status, f"{exc}\n"))
+        await _close_after_response(core, transport, response(status, f"{exc}\n"))
         return None
     request = event if isinstance(event, h11.Request) else None
     if request is None:
@@ -108,7 +132,14 @@ async def handle_request(
     head_size = len(request.method) + len(request.target) + 12
     head_size += sum(len(k) + len(v) + 4 for k, v in request.headers)
     if head_size > cfg.max_header_size:
-        await _close_after_response(transport, response(431, "request header fields too large\n"))
+        await _close_after_response(
+            core, transport, response(431, "request header fields too large\n")
+        )
+        return None
+    if len(request.headers) > cfg.max_headers:
+        await _close_after_response(
+            core, transport, response(431, f"more than {cfg.max_headers} header fields\n")
+        )
         return None
 
     method = request.method.decode("ascii", "replace")
@@ -117,6 +148,19 @@ async def handle_request(
     path = unquote(raw_path)
     headers = build_headers(request.headers)
     head = method == "HEAD"
+
+    forwarded_for = None
+    if slot.trusted:  # a trusted proxy: its X-Forwarded-For names the client
+        forwarded_for = core.admission.proxies.client_address(headers.get_all("x-forwarded-for"))
+        if forwarded_for is not None and not slot.charge(forwarded_for):
+            if "websocket" in tokens(headers, "upgrade"):
+                core.metrics.rejected[503] += 1
+            await _close_after_response(
+                core,
+                transport,
+                response(503, "too many pending requests from your address\n", _RETRY),
+            )
+            return None
 
     ws_path = is_ws_path(cfg.path, path)
     if "websocket" not in tokens(headers, "upgrade"):
@@ -138,7 +182,7 @@ async def handle_request(
             data = await _user_route(
                 core, conn, transport, method, path, query_string, headers, peer
             )
-        await _close_after_response(transport, data)
+        await _close_after_response(core, transport, data)
         return None
 
     # ---- an upgrade request
@@ -148,6 +192,14 @@ async def handle_request(
         return await _reject(core, transport, 400, "a WebSocket upgrade must be a GET\n")
     if request.http_version != b"1.1":
         return await _reject(core, transport, 400, "a WebSocket upgrade needs HTTP/1.1\n")
+    if has_body(headers):
+        return await _reject(
+            core,
+            transport,
+            400,
+            "a WebSocket upgrade carries no body: no Content-Length other than 0, "
+            "no Transfer-Encoding\n",
+        )
     if "upgrade" not in tokens(headers, "connection"):
         return await _reject(core, transport, 400, "Connection: Upgrade is missing\n")
     if headers.get_all("sec-websocket-version") != ["13"]:
@@ -159,7 +211,7 @@ async def handle_request(
             [("Sec-WebSocket-Version", "13")],
         )
     keys = headers.get_all("sec-websocket-key")
-    key = keys[0].strip() if len(keys) == 1 else ""
+    key = trim(keys[0]) if len(keys) == 1 else ""
     if not valid_key(key):
         return await _reject(core, transport, 400, "Sec-WebSocket-Key must be 16 bytes in base64\n")
     origin = headers.get("origin")
@@ -168,25 +220,19 @@ async def handle_request(
     ):
         return await _reject(core, transport, 403, "origin not allowed\n")
     if core.shutting_down:
-        return await _reject(core, transport, 503, "server shutting down\n", [("Retry-After", "5")])
+        return await _reject(core, transport, 503, "server shutting down\n", _RETRY)
     if len(core.registry) + core.handshakes >= cfg.max_connections:
-        return await _reject(core, transport, 503, "too many connections\n", [("Retry-After", "5")])
+        return await _reject(core, transport, 503, "too many connections\n", _RETRY)
 
     query_list = tuple(parse_qsl(query_string, keep_blank_values=True))
-    forwarded = headers.get("x-forwarded-for")
     auth_request = AuthRequest(
         path=path,
         query=dict(query_list),
         query_list=query_list,
         headers=headers,
         peer=peer,
-        forwarded_for=forwarded.split(",")[0].strip() or None if forwarded else None,
-        subprotocols=tuple(
-            t.strip()
-            for v in headers.get_all("sec-websocket-protocol")
-            for t in v.split(",")
-            if t.strip()
-        ),
+        forwarded_for=forwarded_for,
+        subprotocols=subprotocols(headers),
     )
     core.handshakes += 1
     try:
@@ -195,6 +241,9 @@ async def handle_request(
         except _ClientGone:
             log.debug("client_gone_during_authenticate", peer=peer)
             return None
+        except _TooSlow:
+            core.warn("authenticate_timeout", peer=peer, timeout=cfg.authenticate_timeout)
+            return await _reject(core, transport, 504, "authenticate took too long\n")
         except AuthError as exc:
             return await _reject(core, transport, exc.status, exc.body, exc.headers)
         except Exception:
@@ -207,9 +256,7 @@ async def handle_request(
             log.error("subprotocol_not_offered", subprotocol=accept.subprotocol, peer=peer)
             return await _reject(core, transport, 500, "internal error\n")
         if core.shutting_down:
-            return await _reject(
-                core, transport, 503, "server shutting down\n", [("Retry-After", "5")]
-            )
+            return await _reject(core, transport, 503, "server shutting down\n", _RETRY)
 
         inflater = None
         extensions = None
@@ -237,30 +284,40 @@ async def handle_request(
         core.handshakes -= 1
 
 
+_RETRY = (("Retry-After", "5"),)
+
+
 class _ClientGone(Exception):
     pass
 
 
+class _TooSlow(Exception):
+    pass
+
+
 async def _authenticate(core: Core, transport: Transport, req: AuthRequest) -> object:
-    """Run ``Handler.authenticate``, cancelling it if the client hangs up meanwhile.
+    """Run ``Handler.authenticate`` for at most ``authenticate_timeout``, cancelling it if
+    the client hangs up meanwhile.
 
     Raises:
         _ClientGone: the client closed its connection before authenticate returned.
+        _TooSlow: authenticate did not return within ``authenticate_timeout``.
         Exception: whatever authenticate raised.
     """
     authenticate = core.handler.authenticate
     if not core.custom_authenticate:
         return await authenticate(req)  # the default never waits: nothing to watch
     outcome: list[object] = []
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_cancel_on_hangup, transport, nursery.cancel_scope)
-        try:
-            outcome.append(await authenticate(req))
-        except Exception as exc:
-            outcome.append(exc)
-        nursery.cancel_scope.cancel()
+    with trio.move_on_after(core.config.authenticate_timeout) as limit:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_on_hangup, transport, nursery.cancel_scope)
+            try:
+                outcome.append(await authenticate(req))
+            except Exception as exc:
+                outcome.append(exc)
+            nursery.cancel_scope.cancel()
     if not outcome:
-        raise _ClientGone
+        raise _TooSlow if limit.cancelled_caught else _ClientGone
     if isinstance(outcome[0], Exception):
         raise outcome[0]
     return outcome[0]
@@ -286,7 +343,7 @@ async def _reject(
         log.error("bad_rejection_headers", error=str(exc), status=status)
         status, data = 500, response(500, "internal error\n")
     core.metrics.rejected[status] += 1
-    await _close_after_response(transport, data)
+    await _close_after_response(core, transport, data)
     return None
 
 

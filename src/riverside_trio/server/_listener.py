@@ -1,8 +1,9 @@
 """Listening sockets and the accept loop: the first limits a client meets.
 
 The accept loop takes up to ``ACCEPTS_PER_WAKEUP`` sockets per wake-up, backs off when the
-process is out of descriptors, and starts one task per accepted socket in the server's
-nursery.
+process is out of descriptors, asks the admission (``_admission.py``) for a pending slot for
+each socket, closes at once (nothing written, no task started) one that gets none, and
+starts one task per admitted socket in the server's nursery.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import trio
 from trio.lowlevel import wait_readable
 
 from ..config import Config
+from ._admission import Admission, Slot
 
 __all__ = ["ACCEPTS_PER_WAKEUP", "accept_loop", "open_listeners"]
 
@@ -29,9 +31,11 @@ _FD_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 async def accept_loop(
     lsock: socket.socket,
     nursery: trio.Nursery,
-    handle: Callable[[socket.socket, tuple[str, int]], Awaitable[None]],
+    handle: Callable[[socket.socket, tuple[str, int], Slot], Awaitable[None]],
+    admission: Admission,
 ) -> None:
-    """Accept clients on ``lsock`` until it is closed; ``handle`` each in ``nursery``."""
+    """Accept clients on ``lsock`` until it is closed; ``handle`` each admitted one (with
+    its pending slot) in ``nursery``; close the others at once."""
     backoff = 0.0
     while True:
         try:
@@ -54,10 +58,19 @@ async def accept_loop(
                     return
                 break
             backoff = 0.0
-            sock.setblocking(False)
-            if sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            nursery.start_soon(handle, sock, addr[:2])
+            slot = admission.admit(addr[0])
+            if slot is None:
+                sock.close()  # over a cap of pending sockets: counted, nothing written
+                continue
+            try:
+                sock.setblocking(False)
+                if sock.family in (socket.AF_INET, socket.AF_INET6):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # reset before we got to it
+                slot.release()
+                sock.close()
+                continue
+            nursery.start_soon(handle, sock, addr[:2], slot)
 
 
 def open_listeners(config: Config) -> list[socket.socket]:

@@ -27,6 +27,7 @@ from ..destinations import Channel, Destination, Group, Session, User
 from ..errors import ConfigError
 from ..handler import Handler
 from ..metrics import Metrics
+from ._admission import Slot
 from ._connection import Connection
 from ._core import Core
 from ._flusher import Flusher
@@ -197,7 +198,9 @@ class Server:
                 self._core.nursery = nursery
                 nursery.start_soon(flusher.run)
                 for lsock in self._listeners:
-                    nursery.start_soon(accept_loop, lsock, nursery, self._handle)
+                    nursery.start_soon(
+                        accept_loop, lsock, nursery, self._handle, self._core.admission
+                    )
                 nursery.start_soon(sweep, self._core, self._connections)
                 log.info(
                     "listening",
@@ -249,26 +252,37 @@ class Server:
         """
         if self._core.nursery is None or self._stopped.is_set():
             raise RuntimeError("the server is not running: start it with nursery.start(serve)")
-        await self._serve_transport(StreamTransport(stream), peer)
+        slot = self._core.admission.admit(peer[0])
+        if slot is None:  # over a cap of pending sockets, as a socket would be
+            await trio.aclose_forcefully(stream)
+            return
+        await self._serve_transport(StreamTransport(stream), peer, slot)
 
-    async def _handle(self, sock: socket.socket, peer: tuple[str, int]) -> None:
+    async def _handle(self, sock: socket.socket, peer: tuple[str, int], slot: Slot) -> None:
         """One accepted TCP connection: plain (the fast path) or TLS (a stream)."""
         if self.ssl_context is None:
-            await self._serve_transport(SocketTransport(sock), peer)
+            await self._serve_transport(SocketTransport(sock), peer, slot)
             return
         stream = trio.SSLStream(
             trio.SocketStream(trio.socket.from_stdlib_socket(sock)),
             self.ssl_context,
             server_side=True,
         )
-        await self._serve_transport(StreamTransport(stream), peer)
+        await self._serve_transport(StreamTransport(stream), peer, slot)
 
-    async def _serve_transport(self, transport: Transport, peer: tuple[str, int]) -> None:
-        """One client, from the request head to the end of the WebSocket."""
+    async def _serve_transport(
+        self, transport: Transport, peer: tuple[str, int], slot: Slot
+    ) -> None:
+        """One client, from the request head to the end of the WebSocket.
+
+        ``slot`` (its pending slot) is given back once the client is a WebSocket
+        connection, or when its socket is closed.
+        """
         core = self._core
         try:
-            conn = await handle_request(core, transport, peer)
+            conn = await handle_request(core, transport, peer, slot)
             if conn is not None:
+                slot.release()
                 await conn._run()
         except Exception:
             # A bug of ours must never take the server down with it.
@@ -279,6 +293,7 @@ class Server:
             else:
                 with trio.CancelScope(shield=True):
                     await transport.aclose(graceful=False)
+            slot.release()
             if core.shutting_down:
                 self._drained.unpark_all()
 

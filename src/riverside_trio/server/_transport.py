@@ -36,9 +36,14 @@ class SocketTransport:
     __slots__ = ("sock",)
 
     stream: None = None
+    secure_channel_up = True  # nothing to set up: bytes can be written at once
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+
+    async def handshake(self) -> bool:
+        """Nothing to do on a plain socket: True. Not a checkpoint."""
+        return True
 
     def recv_now(self) -> bytes | None:
         """What the socket has now, without waiting: None if nothing; b"" at EOF or reset."""
@@ -108,13 +113,28 @@ class SocketTransport:
 class StreamTransport:
     """Any :class:`trio.abc.Stream`: TLS, or in-memory streams in tests (the stream path)."""
 
-    __slots__ = ("_early", "stream")
+    __slots__ = ("_early", "secure_channel_up", "stream")
 
     sock: None = None
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self._early: bytes | None = None  # read while watching for a hang-up
+        self.secure_channel_up = not isinstance(stream, trio.SSLStream)
+        """False until the TLS handshake is done: nothing can be written to the client."""
+
+    async def handshake(self) -> bool:
+        """Complete the TLS handshake (if the stream is TLS); False if it failed. A
+        checkpoint for TLS; cancel it to bound it (the front door's deadline does)."""
+        if self.secure_channel_up:
+            return True
+        assert isinstance(self.stream, trio.SSLStream)
+        try:
+            await self.stream.do_handshake()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        self.secure_channel_up = True
+        return True
 
     def recv_now(self) -> bytes | None:
         """Bytes already read ahead (while watching for a hang-up), else None."""

@@ -44,7 +44,7 @@ def negotiate(header_values: list[str]) -> tuple[str, bool] | None:
     """
     for value in header_values:
         for offer in value.split(","):
-            name, *raw_params = (p.strip() for p in offer.split(";"))
+            name, *raw_params = (p.strip(" \t") for p in offer.split(";"))
             if name.lower() != "permessage-deflate":
                 continue
             params: dict[str, str | None] = {}
@@ -53,11 +53,11 @@ def negotiate(header_values: list[str]) -> tuple[str, bool] | None:
                 if not raw:
                     continue
                 key, sep, val = raw.partition("=")
-                key = key.strip().lower()
+                key = key.strip(" \t").lower()
                 if key not in _KNOWN or key in params:
                     ok = False
                     break
-                params[key] = val.strip().strip('"') if sep else None
+                params[key] = val.strip(" \t").strip('"') if sep else None
             if not ok:
                 continue
             server_bits = params.get("server_max_window_bits", "15")

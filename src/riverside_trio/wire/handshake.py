@@ -19,10 +19,13 @@ from .._values import Headers
 __all__ = [
     "accept_value",
     "build_headers",
+    "has_body",
     "is_ws_path",
     "response",
+    "subprotocols",
     "switching_protocols",
     "tokens",
+    "trim",
     "valid_key",
 ]
 
@@ -84,9 +87,39 @@ def is_ws_path(pattern: str, path: str) -> bool:
     return path == pattern
 
 
+_OWS = " \t"
+
+
+def trim(value: str) -> str:
+    """``value`` without leading and trailing SP and HTAB, HTTP's optional whitespace.
+
+    Not ``str.strip()``, which also drops characters such as ``\\x85`` and ``\\xa0`` that
+    a header value may carry (decoded as latin-1) and that make a token another token.
+    """
+    return value.strip(_OWS)
+
+
+def _items(values: list[str]) -> list[str]:
+    """The non-empty, trimmed items of comma-separated header values."""
+    return [item for v in values for raw in v.split(",") if (item := trim(raw))]
+
+
 def tokens(headers: Headers, name: str) -> list[str]:
-    """The comma-separated tokens of every ``name`` header, stripped and lower-cased."""
-    return [t.strip().lower() for v in headers.get_all(name) for t in v.split(",") if t.strip()]
+    """The comma-separated tokens of every ``name`` header, trimmed and lower-cased."""
+    return [t.lower() for t in _items(headers.get_all(name))]
+
+
+def subprotocols(headers: Headers) -> tuple[str, ...]:
+    """The subprotocols offered in every ``Sec-WebSocket-Protocol`` header, in order."""
+    return tuple(_items(headers.get_all("sec-websocket-protocol")))
+
+
+def has_body(headers: Headers) -> bool:
+    """Whether a request announces a body: any ``Transfer-Encoding``, or a
+    ``Content-Length`` other than 0 (an upgrade request must not carry one)."""
+    if headers.get_all("transfer-encoding"):
+        return True
+    return any(trim(v).lstrip("0") for v in headers.get_all("content-length"))
 
 
 def valid_key(key: str) -> bool:
