@@ -251,6 +251,9 @@ def check_response(raw: bytes, sent: bytes, config: Config) -> tuple[int | None,
         assert headers.get(b"sec-websocket-accept") == [want], headers
         assert headers.get(b"upgrade") == [b"websocket"], headers
         assert [v for k, v in request.headers if k == b"sec-websocket-version"] == [b"13"]
+        assert len(request.headers) <= config.max_headers, "101 over max_headers"
+        body = [v for k, v in request.headers if k in (b"content-length", b"transfer-encoding")]
+        assert all(v.isdigit() and int(v) == 0 for v in body), f"101 to a body: {body!r}"
         return status, rest
     assert status >= 200, f"informational status {status} is not an answer"
     assert headers.get(b"connection") == [b"close"], headers
@@ -309,7 +312,11 @@ def head(data: bytes) -> None:
         done = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_talk, client, chunks, bool(flags & 1), out, done)
-            conn = await handle_request(server._core, StreamTransport(server_end), ("fuzz", 1))
+            slot = server._core.admission.admit("fuzz")
+            assert slot is not None
+            transport = StreamTransport(server_end)
+            conn = await handle_request(server._core, transport, ("fuzz", 1), slot)
+            slot.release()
             await server_end.aclose()
             await done.wait()
         assert server._core.handshakes == 0, "a handshake slot was not given back"

@@ -3,9 +3,9 @@ the request head, authenticate's time limit, header count, bodies on upgrades, a
 X-Forwarded-For behind trusted proxies.
 
 Real sockets on 127.0.0.1 (clients bind 127.0.0.x to be other addresses) and ::1; a hostile
-client and a well-behaved one side by side. Every timer runs on ``trio.testing.MockClock``
+client and a well-behaved one side by side. Every timer runs on pytest-trio's ``mock_clock``
 (its time moves only when a test jumps it) and tests wait on events or on the server's state
-settling, never on sleeps; a wall-clock guard turns a hang into a failure.
+settling (``wait_until``), never on sleeps; ``fail_after_real`` turns a hang into a failure.
 """
 
 from __future__ import annotations
@@ -15,10 +15,7 @@ import shutil
 import socket
 import ssl
 import subprocess
-import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +35,16 @@ from riverside_trio import (
 )
 from riverside_trio.server._admission import Admission, TrustedProxies, address_key
 
-from ._helpers import NO_TIMERS, RawClient, running, upgrade_request, ws_open
+from ._helpers import (
+    NO_TIMERS,
+    RawClient,
+    fail_after_real,
+    running,
+    settle,
+    upgrade_request,
+    wait_until,
+    ws_open,
+)
 
 
 class EchoHandler(Handler):
@@ -66,29 +72,6 @@ class EchoHandler(Handler):
 # ---------------------------------------------------------------- helpers
 
 
-@contextmanager
-def wall_clock_limit(seconds: float = 30.0) -> Iterator[None]:
-    """Fail (instead of hanging) if the block is still running after ``seconds`` of real
-    time. Under MockClock, Trio's own timeouts never fire unless the test jumps the clock."""
-    token = trio.lowlevel.current_trio_token()
-    with trio.CancelScope() as scope:
-        timer = threading.Timer(seconds, lambda: token.run_sync_soon(scope.cancel))
-        timer.start()
-        try:
-            yield
-        finally:
-            timer.cancel()
-    if scope.cancelled_caught:
-        raise AssertionError(f"hung for {seconds} s of real time")
-
-
-async def settled(predicate: Callable[[], bool]) -> None:
-    """Wait until ``predicate()`` holds, letting every task run (and Trio poll its
-    sockets) in between; mock time does not move meanwhile."""
-    while not predicate():
-        await trio.testing.wait_all_tasks_blocked()
-
-
 async def connect_from(server: Server, source: str = "127.0.0.1") -> trio.SocketStream:
     """A TCP connection to ``server`` from the local address ``source``."""
     family = socket.AF_INET6 if ":" in source else socket.AF_INET
@@ -107,18 +90,6 @@ async def received_until_eof(stream: trio.SocketStream) -> bytes:
     except trio.BrokenResourceError:
         pass
     return data
-
-
-def nothing_received_yet(stream: trio.SocketStream) -> bool:
-    """No byte, and no end of stream, has arrived on ``stream`` (peeked, not read)."""
-    sock = socket.socket(fileno=stream.socket.fileno())  # a view of the same descriptor
-    try:
-        sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK)
-    except BlockingIOError:
-        return True
-    finally:
-        sock.detach()
-    return False
 
 
 HALF_A_HEAD = b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgr"
@@ -160,7 +131,7 @@ async def test_slowloris_from_one_address_is_capped_while_other_clients_are_serv
     mock_clock: trio.testing.MockClock,
 ) -> None:
     cap, extra = 8, 20
-    with wall_clock_limit():
+    with fail_after_real():
         async with running(EchoHandler, max_pending_per_address=cap, **NO_TIMERS) as server:
             idle_tasks = server_tasks(server)
             hostile = []
@@ -168,7 +139,7 @@ async def test_slowloris_from_one_address_is_capped_while_other_clients_are_serv
                 stream = await connect_from(server, "127.0.0.2")
                 await stream.send_all(HALF_A_HEAD)
                 hostile.append(stream)
-            await settled(lambda: server.metrics.pending_handshakes == cap)
+            await wait_until(lambda: server.metrics.pending_handshakes == cap)
 
             refused = [await connect_from(server, "127.0.0.2") for _ in range(extra)]
             for stream in refused:
@@ -197,7 +168,7 @@ async def test_slowloris_from_one_address_is_capped_while_other_clients_are_serv
                 status, _, _ = await RawClient(stream).read_head()
                 assert status == 408
                 await stream.aclose()
-            await settled(lambda: server.metrics.pending_handshakes == 0)
+            await wait_until(lambda: server.metrics.pending_handshakes == 0)
             assert server._core.admission.addresses == 0
             client = RawClient(await connect_from(server, "127.0.0.2"))
             assert (await client.upgrade())[0] == 101
@@ -208,7 +179,7 @@ async def test_global_cap_refuses_new_sockets_until_slots_free_and_open_connecti
     mock_clock: trio.testing.MockClock,
 ) -> None:
     cap = 6
-    with wall_clock_limit():
+    with fail_after_real():
         async with running(EchoHandler, max_pending_handshakes=cap, **NO_TIMERS) as server:
             async with ws_open(server.url) as established:
                 hostile = []
@@ -216,7 +187,7 @@ async def test_global_cap_refuses_new_sockets_until_slots_free_and_open_connecti
                     stream = await connect_from(server, f"127.0.0.{10 + i}")
                     await stream.send_all(HALF_A_HEAD)
                     hostile.append(stream)
-                await settled(lambda: server.metrics.pending_handshakes == cap)
+                await wait_until(lambda: server.metrics.pending_handshakes == cap)
 
                 latecomers = [await connect_from(server, "127.0.0.1") for _ in range(3)]
                 for stream in latecomers:
@@ -232,7 +203,7 @@ async def test_global_cap_refuses_new_sockets_until_slots_free_and_open_connecti
                 for stream in hostile:
                     assert (await RawClient(stream).read_head())[0] == 408
                     await stream.aclose()
-                await settled(lambda: server.metrics.pending_handshakes == 0)
+                await wait_until(lambda: server.metrics.pending_handshakes == 0)
 
             await echo_once(server, "after the flood")
             body = await scrape(server)
@@ -243,30 +214,30 @@ async def test_global_cap_refuses_new_sockets_until_slots_free_and_open_connecti
 async def test_head_deadline_counts_from_the_accept_not_from_the_first_byte(
     mock_clock: trio.testing.MockClock,
 ) -> None:
-    with wall_clock_limit():
+    with fail_after_real():
         async with running(EchoHandler, handshake_timeout=10, **NO_TIMERS) as server:
             client = RawClient(await connect_from(server))
-            await settled(lambda: server.metrics.pending_handshakes == 1)
+            await wait_until(lambda: server.metrics.pending_handshakes == 1)
             mock_clock.jump(6)
             await client.send(HALF_A_HEAD)
-            await trio.testing.wait_all_tasks_blocked()
+            await settle()
             mock_clock.jump(3.5)  # 9.5 s after the accept, 3.5 s after the first byte
-            await trio.testing.wait_all_tasks_blocked()
-            assert nothing_received_yet(client.stream)
+            await settle()
+            assert await client.received_nothing()
             mock_clock.jump(1)
             assert (await client.read_head())[0] == 408
             await client.aclose()
-            await settled(lambda: server.metrics.pending_handshakes == 0)
+            await wait_until(lambda: server.metrics.pending_handshakes == 0)
 
 
 async def test_a_stream_client_meets_the_same_caps(mock_clock: trio.testing.MockClock) -> None:
-    with wall_clock_limit():
+    with fail_after_real():
         async with running(EchoHandler, max_pending_per_address=1, **NO_TIMERS) as server:
             first_client, first_server = trio.testing.memory_stream_pair()
             second_client, second_server = trio.testing.memory_stream_pair()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(server.serve_stream, first_server, ("192.0.2.1", 1))
-                await settled(lambda: server.metrics.pending_handshakes == 1)
+                await wait_until(lambda: server.metrics.pending_handshakes == 1)
                 await server.serve_stream(second_server, ("192.0.2.1", 2))  # refused: returns
                 assert server.metrics.refused_sockets["pending_per_address"] == 1
                 assert await second_client.receive_some(1) == b""  # closed, nothing written
@@ -319,19 +290,19 @@ async def test_one_ipv6_64_shares_one_per_address_allowance() -> None:
 
 @pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
 async def test_per_address_cap_over_ipv6(mock_clock: trio.testing.MockClock) -> None:
-    with wall_clock_limit():
+    with fail_after_real():
         async with running(
             EchoHandler, host="::1", max_pending_per_address=2, **NO_TIMERS
         ) as server:
             hostile = [await connect_from(server, "::1") for _ in range(2)]
-            await settled(lambda: server.metrics.pending_handshakes == 2)
+            await wait_until(lambda: server.metrics.pending_handshakes == 2)
             refused = await connect_from(server, "::1")
             assert await received_until_eof(refused) == b""
             await refused.aclose()
             assert server.metrics.refused_sockets == {"pending_per_address": 1}
             for stream in hostile:
                 await stream.aclose()
-            await settled(lambda: server.metrics.pending_handshakes == 0)
+            await wait_until(lambda: server.metrics.pending_handshakes == 0)
             client = RawClient(await connect_from(server, "::1"))
             assert (await client.upgrade())[0] == 101
             await client.aclose()
@@ -344,25 +315,25 @@ async def test_authenticate_past_its_time_limit_gets_504_while_others_are_served
     mock_clock: trio.testing.MockClock,
 ) -> None:
     handler = EchoHandler()
-    with wall_clock_limit():
+    with fail_after_real():
         async with running(handler, authenticate_timeout=5, **NO_TIMERS) as server:
             slow = RawClient(await connect_from(server))
             await slow.send(upgrade_request("/ws?slow"))
-            await settled(lambda: handler.slow_waiting == 1)
+            await wait_until(lambda: handler.slow_waiting == 1)
             assert server.metrics.pending_handshakes == 1
 
             await echo_once(server, "not held up")  # while authenticate hangs for the other
 
             mock_clock.jump(4.5)
-            await trio.testing.wait_all_tasks_blocked()
-            assert nothing_received_yet(slow.stream)
+            await settle()
+            assert await slow.received_nothing()
             assert (server.metrics.pending_handshakes, handler.slow_waiting) == (1, 1)
             mock_clock.jump(1)
             status, headers, body = await slow.read_head()
             assert (status, body) == (504, b"authenticate took too long\n")
             assert headers["connection"] == "close"
             await slow.aclose()
-            await settled(lambda: server.metrics.pending_handshakes == 0)
+            await wait_until(lambda: server.metrics.pending_handshakes == 0)
             assert handler.slow_waiting == 0  # authenticate was cancelled
             assert server.metrics.rejected[504] == 1
             assert server.connection_count == 0
@@ -395,18 +366,18 @@ async def test_tls_handshake_counts_against_the_head_deadline_and_frees_the_slot
 ) -> None:
     assert tls_config.tls_certfile is not None
     settings = {"tls_certfile": tls_config.tls_certfile, "tls_keyfile": tls_config.tls_keyfile}
-    with wall_clock_limit():
+    with fail_after_real():
         async with running(EchoHandler, handshake_timeout=10, **settings, **NO_TIMERS) as server:
             silent = await connect_from(server)  # never starts TLS
-            await settled(lambda: server.metrics.pending_handshakes == 1)
+            await wait_until(lambda: server.metrics.pending_handshakes == 1)
             mock_clock.jump(9)
-            await trio.testing.wait_all_tasks_blocked()
+            await settle()
             assert server.metrics.pending_handshakes == 1
-            assert nothing_received_yet(silent)
+            assert await RawClient(silent).received_nothing()
             mock_clock.jump(1)
             assert await received_until_eof(silent) == b""  # nothing can be said before TLS
             await silent.aclose()
-            await settled(lambda: server.metrics.pending_handshakes == 0)
+            await wait_until(lambda: server.metrics.pending_handshakes == 0)
 
             ctx = ssl.create_default_context(cafile=tls_config.tls_certfile)
             stream = trio.SSLStream(await connect_from(server), ctx, server_hostname="127.0.0.1")
@@ -540,7 +511,7 @@ async def test_x_forwarded_for_is_read_only_from_a_trusted_proxy(
 ) -> None:
     handler = EchoHandler()
     forwarded = {"X-Forwarded-For": "198.51.100.1, 203.0.113.7"}
-    with wall_clock_limit():
+    with fail_after_real():
         async with running(
             handler, trusted_proxies=["127.0.0.2"], max_pending_per_address=2, **NO_TIMERS
         ) as server:
@@ -558,17 +529,17 @@ async def test_x_forwarded_for_is_read_only_from_a_trusted_proxy(
                 stream = await connect_from(server, "127.0.0.2")
                 await stream.send_all(HALF_A_HEAD)
                 held.append(stream)
-            await settled(lambda: server.metrics.pending_handshakes == 3)
+            await wait_until(lambda: server.metrics.pending_handshakes == 3)
             assert server.metrics.refused_sockets["pending_per_address"] == 0
             for stream in held:
                 await stream.aclose()
-            await settled(lambda: server.metrics.pending_handshakes == 0)
+            await wait_until(lambda: server.metrics.pending_handshakes == 0)
 
             # ... after it, the client it names meets the per-address cap (503).
             slow = [RawClient(await connect_from(server, "127.0.0.2")) for _ in range(3)]
             for client in slow[:2]:
                 await client.send(upgrade_request("/ws?slow", headers=forwarded))
-            await settled(lambda: handler.slow_waiting == 2)
+            await wait_until(lambda: handler.slow_waiting == 2)
             await slow[2].send(upgrade_request("/ws?slow", headers=forwarded))
             status, headers, body = await slow[2].read_head()
             assert (status, headers["retry-after"]) == (503, "5")
@@ -580,7 +551,7 @@ async def test_x_forwarded_for_is_read_only_from_a_trusted_proxy(
             assert (await other.upgrade(headers={"X-Forwarded-For": "192.0.2.50"}))[0] == 101
             for client in (*slow, other):
                 await client.aclose()
-            await settled(lambda: server.metrics.pending_handshakes == 0)
+            await wait_until(lambda: server.metrics.pending_handshakes == 0)
             assert handler.slow_waiting == 0
 
 
@@ -592,17 +563,17 @@ class BigPageHandler(Handler):
 async def test_a_response_the_client_does_not_read_is_cut_off_and_frees_the_slot(
     mock_clock: trio.testing.MockClock,
 ) -> None:
-    with wall_clock_limit():
+    with fail_after_real():
         async with running(BigPageHandler, handshake_timeout=10, **NO_TIMERS) as server:
             client = await connect_from(server)
             await client.send_all(b"GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            await settled(lambda: not nothing_received_yet(client))
-            await trio.testing.wait_all_tasks_blocked()
+            assert len(await client.receive_some(1)) == 1  # the server is writing
+            await settle()
             mock_clock.jump(9)
-            await trio.testing.wait_all_tasks_blocked()
+            await settle()
             assert server.metrics.pending_handshakes == 1  # still writing, never read
             mock_clock.jump(1)
-            await settled(lambda: server.metrics.pending_handshakes == 0)
+            await wait_until(lambda: server.metrics.pending_handshakes == 0)
             received = await received_until_eof(client)
             assert 0 < len(received) < 32 << 20
             await client.aclose()
