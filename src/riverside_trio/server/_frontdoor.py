@@ -187,9 +187,9 @@ async def handle_request(
 
     # ---- an upgrade request
     if not ws_path:
-        return await _reject(core, transport, 404, "no WebSocket endpoint here\n")
+        return await _reject(core, transport, 404, "no WebSocket endpoint here\n", head=head)
     if method != "GET":
-        return await _reject(core, transport, 400, "a WebSocket upgrade must be a GET\n")
+        return await _reject(core, transport, 400, "a WebSocket upgrade must be a GET\n", head=head)
     if request.http_version != b"1.1":
         return await _reject(core, transport, 400, "a WebSocket upgrade needs HTTP/1.1\n")
     if has_body(headers):
@@ -335,10 +335,13 @@ async def _reject(
     status: int,
     body: bytes | str,
     headers: list[tuple[str, str]] | tuple[tuple[str, str], ...] = (),
+    *,
+    head: bool = False,
 ) -> Connection | None:
-    """Answer an upgrade with an HTTP error; returns None (so callers can return it)."""
+    """Answer an upgrade with an HTTP error (its head only, for ``HEAD``); returns None (so
+    callers can return it)."""
     try:
-        data = response(status, body, headers)
+        data = response(status, body, headers, head=head)
     except (ValueError, UnicodeEncodeError) as exc:
         log.error("bad_rejection_headers", error=str(exc), status=status)
         status, data = 500, response(500, "internal error\n")
@@ -357,18 +360,20 @@ async def _user_route(
     headers: Headers,
     peer: tuple[str, int],
 ) -> bytes:
-    """Read the body (up to max_message_size) and ask ``Handler.handle_http``."""
+    """Read the body (up to max_message_size) and ask ``Handler.handle_http``; every answer
+    to ``HEAD``, refusals included, is a head without its body."""
+    head = method == "HEAD"
     body = bytearray()
     with trio.move_on_after(core.config.handshake_timeout) as scope:
         try:
             while isinstance(event := await _next_event(conn, transport), h11.Data):
                 body += event.data
                 if len(body) > core.config.max_message_size:
-                    return response(413, "request body too large\n")
+                    return response(413, "request body too large\n", head=head)
         except h11.RemoteProtocolError as exc:
-            return response(400, f"{exc}\n")
+            return response(400, f"{exc}\n", head=head)
     if scope.cancelled_caught:
-        return response(408, "request took too long\n")
+        return response(408, "request took too long\n", head=head)
     req = HTTPRequest(
         method=method,
         path=path,
@@ -381,16 +386,14 @@ async def _user_route(
         resp = await core.handler.handle_http(req)
     except Exception:
         log.exception("handle_http_failed", path=path, method=method)
-        return response(500, "internal error\n")
+        return response(500, "internal error\n", head=head)
     if resp is None:
-        return response(404, "not found\n", head=method == "HEAD")
+        return response(404, "not found\n", head=head)
     if not isinstance(resp, HTTPResponse):
         log.error("handle_http_bad_result", result=repr(resp)[:200], path=path)
-        return response(500, "internal error\n")
+        return response(500, "internal error\n", head=head)
     try:
-        return response(
-            resp.status, resp.body, list(resp.headers), resp.content_type, head=method == "HEAD"
-        )
+        return response(resp.status, resp.body, list(resp.headers), resp.content_type, head=head)
     except (ValueError, TypeError, UnicodeEncodeError) as exc:
         log.error("handle_http_bad_response", error=str(exc), path=path)
-        return response(500, "internal error\n")
+        return response(500, "internal error\n", head=head)
