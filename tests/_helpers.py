@@ -102,16 +102,49 @@ async def advance(
         await settle()
 
 
-async def wait_until(predicate: Callable[[], bool], *, seconds: float = REAL_TIMEOUT) -> None:
-    """Wait until ``predicate()`` holds, checking it each time every task is blocked.
+class _StepWatch(trio.abc.Instrument):
+    """Wakes the tasks in ``wait_until`` whenever any other task has taken a step."""
 
-    Between checks the run waits for I/O (up to a millisecond of real time at a go), so
-    bytes the kernel has yet to deliver arrive; never the clock. Bounded by ``seconds`` of
-    real time.
+    def __init__(self) -> None:
+        self.waiters: dict[trio.lowlevel.Task, trio.Event] = {}
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task not in self.waiters:
+            for event in self.waiters.values():
+                event.set()
+
+
+_STEP_WATCH: trio.lowlevel.RunVar[_StepWatch] = trio.lowlevel.RunVar("_STEP_WATCH")
+
+
+async def wait_until(predicate: Callable[[], bool], *, seconds: float = REAL_TIMEOUT) -> None:
+    """Wait until ``predicate()`` holds, checking it each time another task has run.
+
+    Whatever can make the predicate true runs in some task (bytes from the kernel wake the
+    task that reads them), so the check follows every step of every other task; while they
+    are all blocked, this waits too, without spinning and without looking at the clock.
+    Bounded by ``seconds`` of real time.
     """
+    if predicate():
+        await trio.lowlevel.checkpoint()
+        return
+    try:
+        watch = _STEP_WATCH.get()
+    except LookupError:
+        watch = _StepWatch()
+        _STEP_WATCH.set(watch)
+    me = trio.lowlevel.current_task()
     with fail_after_real(seconds):
-        while not predicate():
-            await trio.testing.wait_all_tasks_blocked(cushion=0.001)
+        if not watch.waiters:
+            trio.lowlevel.add_instrument(watch)
+        try:
+            while not predicate():
+                event = watch.waiters[me] = trio.Event()
+                await event.wait()
+        finally:
+            watch.waiters.pop(me, None)
+            if not watch.waiters:
+                trio.lowlevel.remove_instrument(watch)
 
 
 @asynccontextmanager

@@ -47,6 +47,7 @@ from ._helpers import (
     read_listening_port,
     running,
     upgrade_request,
+    wait_until,
 )
 
 OP_TEXT, OP_CLOSE, OP_PING = 0x1, 0x8, 0x9
@@ -187,12 +188,6 @@ class Faulty(Handler):
         return [r for u, r in self.reasons if u == user]
 
 
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    """Poll ``predicate``; the caller bounds the wait with ``trio.fail_after``."""
-    while not predicate():
-        await trio.sleep(0.005)
-
-
 @asynccontextmanager
 async def connected(
     server: Server,
@@ -296,8 +291,8 @@ async def test_a_client_that_stops_reading_is_shed_and_nobody_else_notices(
                 while not (after_shed >= 500 and probes_done.is_set()):
                     assert sent < max_messages, "the slow consumer was never shed"
                     after_shed += slow_conn.closed
-                    while sent - len(got) >= window:
-                        await trio.sleep(0.001)
+                    if sent - len(got) >= window:
+                        await wait_until(lambda n=sent: n - len(got) < window)
                     for _ in range(per_step):  # one task step
                         reached.append(deliver(f"{sent:08d} {pad}"))
                         sent += 1
@@ -307,7 +302,7 @@ async def test_a_client_that_stops_reading_is_shed_and_nobody_else_notices(
                             held = conn._writer.held_bytes
                             max_queued = max(max_queued, queued)
                             max_held = max(max_held, held)
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
                 assert deliver("end") == 1
 
         # The fast client got every message once, in order; the flood reached the slow one
@@ -629,9 +624,12 @@ async def connected_gauge(port: int) -> float:
 
 
 async def wait_for_gauge(port: int, value: int) -> None:
-    """Poll /metrics until the connected gauge reads ``value`` (bounded by the caller)."""
+    """Ask /metrics until the connected gauge reads ``value`` (bounded by the caller).
+
+    The server is another process: each request's round trip paces the next one.
+    """
     while await connected_gauge(port) != value:
-        await trio.sleep(0.05)
+        await trio.lowlevel.checkpoint()
 
 
 @pytest.fixture
@@ -789,7 +787,7 @@ async def test_join_leave_churn_leaves_no_empty_channels_and_no_late_messages() 
                 channel = channels[seq % len(channels)]
                 server.deliver_channel(channel, f"msg {channel} {seq}")
                 handler.published += 1
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
 
     async def churn(server: Server, i: int) -> None:
         rng = random.Random(i)
@@ -886,11 +884,13 @@ async def test_resets_during_delivery_are_absorbed() -> None:
                 while not publishing.is_set():
                     slowest = min(len(s) for s in progress.values())
                     if sent - slowest >= window:
-                        await trio.sleep(0.001)
+                        await wait_until(
+                            lambda n=sent: n - min(len(s) for s in progress.values()) < window
+                        )
                         continue
                     server.deliver_channel("feed", f"{sent} {pad}")
                     sent += 1
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
 
             async def victim(user: str, kind: str) -> None:
                 async with connected(server, user, join="feed", rcvbuf=4096) as client:
