@@ -10,15 +10,34 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AsyncExitStack
 from types import ModuleType
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from riverside_trio import Connection, TerminateReason, User
+from riverside_trio.server._budget import held_bytes
+from riverside_trio.server._mailbox import INFO_BYTES
 from riverside_trio.wire import _frames_py
+
+from ._helpers import NO_TIMERS, RawClient, running
+from ._hostile import (
+    Recorder,
+    advance,
+    close_frame,
+    connected,
+    fail_after_real,
+    masked,
+    read_until_close,
+    settle,
+    wait_until,
+)
 
 PROPERTY = settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 
@@ -315,3 +334,237 @@ def test_budget_same_in_c_and_python(
         for server, client in pairs:
             server.close()
             client.close()
+
+
+# The server sheds the connections holding the most -----------------------------------------
+
+KiB = 1024
+
+
+def held(conn: Any) -> int:
+    return int(held_bytes(conn))
+
+
+def padded(tag: str, i: int, size: int) -> str:
+    head = f"{tag} {i:06d} "
+    return head + "x" * (size - len(head))
+
+
+async def test_past_the_budget_the_connection_holding_most_is_shed_and_the_rest_served(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """Two clients that do not read hold 300 and 100+ KiB, under a budget of 512 KiB; when
+    the second takes the node over, the first (holding most) is closed 1008 memory_budget,
+    alone. The second and a well-behaved client keep being served, everything in order."""
+    handler = Recorder()
+    limit = 512 * KiB
+    settings = {
+        "max_queued_bytes": limit,
+        "outbox_bytes": 8 << 20,  # per-client limits far away: the budget is what bites
+        "outbox_size": 100_000,
+        **NO_TIMERS,
+    }
+    async with (
+        running(handler, **settings) as server,
+        connected(server, "big", rcvbuf=4096) as big,
+        connected(server, "small", rcvbuf=4096) as small,
+        connected(server, "good") as good,
+    ):
+        await wait_until(lambda: len(handler.conns) == 3)
+        big_conn, small_conn = handler.conns["big"], handler.conns["small"]
+        sent: dict[str, int] = {"big": 0, "small": 0}
+
+        async def fill(user: str, until: Callable[[], bool]) -> None:
+            while not until():
+                assert sent[user] < 2000, f"{user} never held enough"
+                assert server.deliver_user(user, padded(user, sent[user], 8 * KiB)) == 1
+                sent[user] += 1
+                await settle()
+
+        await fill("big", lambda: held(big_conn) >= 300 * KiB)
+        await fill("small", lambda: held(small_conn) >= 100 * KiB)
+        assert server.metrics.queued_bytes <= limit
+        assert server.metrics.memory_shed_connections == 0
+        await fill("small", lambda: big_conn.closed)
+        # Shed: the biggest alone, and the node back under its budget but for the batch the
+        # shed client's writer still holds (it goes once written, or at close_timeout).
+        assert not small_conn.closed
+        assert server.metrics.memory_shed_connections == 1
+        assert server.metrics.queued_bytes - held(big_conn) <= limit
+        assert big_conn._outbox.queued_frames <= 2  # a torn frame's rest and the close frame
+
+        # The well-behaved client is served meanwhile.
+        await good.send(masked(b"still there?"))
+        texts = []
+        with fail_after_real():
+            while not texts:
+                _op, payload, _ = await good.read_frame()
+                texts.append(payload.decode())
+        assert texts == ["still there?"]
+
+        # The small one gets everything it was sent, in order.
+        with fail_after_real():
+            for i in range(sent["small"]):
+                _op, payload, _ = await small.read_frame()
+                assert payload.decode() == padded("small", i, 8 * KiB)
+
+        # The big one: a prefix of what it was sent (its queue was dropped), every frame whole,
+        # then the close frame with the reason it can branch on.
+        texts, code, reason = await read_until_close(big)
+        assert texts == [padded("big", i, 8 * KiB) for i in range(len(texts))]
+        assert 0 < len(texts) < sent["big"]
+        assert (code, reason) == (1008, "memory_budget")
+        await big.send(close_frame(1000))
+        with fail_after_real():
+            assert await big.at_eof()
+        await wait_until(lambda: "big" in handler.reasons)
+        assert handler.reasons["big"] == TerminateReason("memory_budget", 1008, "memory_budget")
+        assert server.metrics.disconnects["memory_budget"] == 1
+        # Every byte was credited back: nothing is queued for anyone now.
+        await wait_until(lambda: server.metrics.queued_bytes == 0)
+        assert "small" not in handler.reasons and "good" not in handler.reasons
+
+
+class Hoarder(Recorder):
+    """``handle_info`` of user ``hoard`` waits (its mailbox fills); others echo the info."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = trio.Event()
+
+    async def handle_info(self, info: Any, conn: Connection) -> None:
+        if conn.user_id == "hoard":
+            await self.release.wait()
+        else:
+            conn.send(f"info {info}")
+
+
+async def test_infos_waiting_in_a_mailbox_count_against_the_budget(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    handler = Hoarder()
+    limit = 16 * INFO_BYTES
+    settings = {"max_queued_bytes": limit, "mailbox_size": 1000, **NO_TIMERS}
+    async with (
+        running(handler, **settings) as server,
+        connected(server, "hoard") as hoard,
+        connected(server, "good") as good,
+    ):
+        await wait_until(lambda: len(handler.conns) == 2)
+        hoard_conn = handler.conns["hoard"]
+        posted = 0
+        while not hoard_conn.closed:
+            assert posted < 100, "the mailbox was never shed"
+            assert server.send_info(User("hoard"), posted) == 1
+            posted += 1
+            await settle()
+            await good.send(masked(f"ping {posted}".encode()))  # served, one at a time
+            with fail_after_real():
+                _op, payload, _ = await good.read_frame()
+            assert payload.decode() == f"ping {posted}"
+        # The first info runs (and waits); 16 more fill the budget; the 18th takes it over.
+        assert posted == 18
+        _, code, reason = await read_until_close(hoard)
+        assert (code, reason) == (1008, "memory_budget")
+        assert server.metrics.memory_shed_connections == 1
+        await hoard.send(close_frame())
+        await wait_until(lambda: "hoard" in handler.reasons)
+        assert handler.reasons["hoard"].kind == "memory_budget"
+        assert server.metrics.queued_bytes == 0
+        assert server.send_info(User("good"), "after") == 1
+        with fail_after_real():
+            _op, payload, _ = await good.read_frame()
+        assert payload.decode() == "info after"
+        assert "good" not in handler.reasons
+
+
+async def scrape(server: Any) -> str:
+    with fail_after_real():
+        client = await RawClient.connect(server)
+        try:
+            await client.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, body = await client.read_head()
+        finally:
+            await client.aclose()
+    assert status == 200
+    return body.decode()
+
+
+def seq(text: str) -> int:
+    return int(text.split(" ", 2)[1])
+
+
+async def test_clients_that_stop_reading_cannot_take_the_node_past_its_budget(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """Four members of a channel read nothing, one reads everything; the channel is flooded.
+    The readers that stopped are shed as the node reaches its budget (not by their own
+    outbox limits, set far higher), cut off after close_timeout, and every byte they held
+    is released; the reader gets every message, in order."""
+    handler = Recorder()
+    limit = 256 * KiB
+    outbox_bytes = 1024 * KiB  # far above the budget's share of each: the budget bites first
+    settings = {
+        "max_queued_bytes": limit,
+        "outbox_bytes": outbox_bytes,
+        "outbox_size": 100_000,
+        "close_timeout": 5.0,
+        **NO_TIMERS,
+    }
+    size = 4 * KiB
+    async with (
+        running(handler, **settings) as server,
+        connected(server, "good", join="room") as good,
+        AsyncExitStack() as stack,
+    ):
+        for i in range(4):
+            await stack.enter_async_context(
+                connected(server, f"stopped{i}", join="room", rcvbuf=4096)
+            )
+        await wait_until(lambda: len(handler.conns) == 5)
+        stopped = [handler.conns[f"stopped{i}"] for i in range(4)]
+        got: list[int] = []
+        sent = 0
+        most = 0  # the most the node held, over the whole flood
+        most_live = 0  # ... for connections not on their way out
+
+        async def read_good() -> None:
+            while True:
+                _op, payload, _ = await good.read_frame()
+                got.append(seq(payload.decode()))
+
+        with fail_after_real(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_good)
+                after = 0
+                while after < 200:
+                    assert sent < 20_000, "the clients that stopped were never shed"
+                    after += all(c.closed for c in stopped)
+                    while sent - len(got) > 16:  # the good reader keeps up
+                        await settle()
+                    assert server.deliver_channel("room", padded("m", sent, size)) >= 1
+                    sent += 1
+                    await settle()
+                    most = max(most, server.metrics.queued_bytes)
+                    live = [held(c) for c in stopped if not c.closed]
+                    most_live = max(most_live, sum(live))
+                while len(got) < sent:
+                    await settle()
+                nursery.cancel_scope.cancel()
+        assert got == list(range(sent))
+        assert server.metrics.memory_shed_connections == 4
+        # Bounded: what the live clients held never passed the budget by more than one
+        # step's deliveries; what the shed ones still held (their writers' batches) is
+        # bounded by their outbox limits, and goes at close_timeout.
+        assert most_live <= limit + 5 * (size + 4)
+        assert most <= limit + 4 * 2 * (outbox_bytes + size)
+        assert server.metrics.queued_bytes > 0
+        await advance(mock_clock, 6.0)
+        await wait_until(lambda: len(handler.reasons) == 4)
+        shed = TerminateReason("memory_budget", 1008, "memory_budget")
+        assert handler.reasons == {f"stopped{i}": shed for i in range(4)}
+        assert server.metrics.queued_bytes == 0
+        text = await scrape(server)
+        assert "riverside_memory_shed_connections_total 4.0" in text
+        assert "riverside_queued_bytes 0.0" in text
+        assert 'riverside_disconnects_total{reason="memory_budget"} 4.0' in text

@@ -19,7 +19,9 @@ def test_defaults() -> None:
     assert config.max_connections == 10_000
     assert config.max_message_size == 1_048_576
     assert (config.transmission_limit, config.transmission_period) == (50, 2.0)
-    assert (config.outbox_size, config.outbox_bytes) == (1000, 16_777_216)
+    assert (config.outbox_size, config.outbox_bytes, config.mailbox_size) == (256, 65_536, 100)
+    assert config.max_queued_bytes == 1_610_612_736  # 1.5 GiB
+    assert config.control_frame_limit == 10
     assert config.max_header_size == 16_384
     assert config.max_headers == 100
     assert (config.max_pending_handshakes, config.max_pending_per_address) == (1024, 64)
@@ -67,6 +69,9 @@ BAD_VALUES: dict[str, list[object]] = {
     "transmission_period": [0, -1.0, "2", float("nan"), float("inf"), True, None],
     "outbox_size": [0, None, "1"],
     "outbox_bytes": [0, 2.5],
+    "mailbox_size": [0, None, "100"],
+    "max_queued_bytes": [0, -1, 1.5, "1G", True],
+    "control_frame_limit": [-1, 1.5, None, True],
     "max_header_size": [1023, 0, "16k"],
     "max_headers": [0, -1, None, 1.5, "100"],
     "max_pending_handshakes": [0, -1, None, True, "1024"],
@@ -140,6 +145,9 @@ def test_error_message_says_what_is_allowed() -> None:
         {"port": 0},
         {"port": 65535},
         {"transmission_limit": 0},
+        {"control_frame_limit": 0},
+        {"max_queued_bytes": None},
+        {"max_queued_bytes": 1},
         {"drain_timeout": 0},
         {"idle_timeout": None, "ping_interval": None, "max_connection_age": 3600},
         {"metrics_path": None},

@@ -97,12 +97,23 @@ class Config:
         transmission_limit: Messages a client may send per transmission_period; more close
             the connection with 1008. 0 turns the limit off.
         transmission_period: Length in seconds of the transmission_limit window, > 0.
-        outbox_size: Frames queued for one client before it is shed as a slow consumer
-            (1008 slow_consumer), >= 1.
-        outbox_bytes: Bytes queued for one client before it is shed as a slow consumer, >= 1.
-        outbox_policy: What a full outbox does: "close" the connection (1008 slow_consumer),
-            "drop_oldest" queued messages to make room for the new one, or "drop_newest"
-            (the new message is not queued). Every drop is counted in the metrics.
+        outbox_size: Frames queued for one client before outbox_policy applies, >= 1.
+        outbox_bytes: Bytes queued for one client before outbox_policy applies, >= 1 (at
+            most about twice this is held per client: the queue plus the batch being
+            written).
+        outbox_policy: What a full outbox or mailbox does: "close" the connection (1008
+            slow_consumer), "drop_oldest" queued messages to make room for the new one, or
+            "drop_newest" (the new message is not queued). Every drop is counted in the
+            metrics.
+        mailbox_size: Infos queued for one connection's handle_info before outbox_policy
+            applies, >= 1.
+        max_queued_bytes: Bytes queued for sending on the whole node (every outbox, the
+            batches being written and the mailboxes, at 256 bytes an info), >= 1; past it
+            the connections holding the most are closed first (1008 memory_budget). None
+            ("off") turns the budget off.
+        control_frame_limit: Pings and pongs a client may send per second (a token bucket
+            of that many, refilled over a second); more close the connection with 1008
+            too_many_control_frames. 0 turns the limit off.
         max_header_size: Largest HTTP request head in bytes, >= 1024; a bigger one gets 431.
         max_headers: Most header fields in an HTTP request head, >= 1; more get 431.
         max_pending_handshakes: Most sockets that are not (yet) WebSocket connections: still
@@ -157,9 +168,12 @@ class Config:
     max_message_size: int = _setting(1_048_576, min=1, unit="bytes")
     transmission_limit: int = _setting(50, min=0, note="(0 turns the limit off)")
     transmission_period: float = _setting(2.0, gt=0, unit="seconds")
-    outbox_size: int = _setting(1000, min=1)
-    outbox_bytes: int = _setting(16_777_216, min=1, unit="bytes")
+    outbox_size: int = _setting(256, min=1)
+    outbox_bytes: int = _setting(65_536, min=1, unit="bytes")
     outbox_policy: Literal["close", "drop_oldest", "drop_newest"] = "close"
+    mailbox_size: int = _setting(100, min=1)
+    max_queued_bytes: int | None = _setting(1_610_612_736, min=1, unit="bytes")
+    control_frame_limit: int = _setting(10, min=0, note="(0 turns the limit off)")
     max_header_size: int = _setting(16_384, min=1024, unit="bytes")
     max_headers: int = _setting(100, min=1)
     max_pending_handshakes: int = _setting(1024, min=1)

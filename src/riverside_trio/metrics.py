@@ -13,6 +13,8 @@ Names follow Riverside's::
     riverside_dropped_messages_total                   counter (outbox_policy drop_*)
     riverside_pending_handshakes_count                 gauge (sockets not yet WebSockets)
     riverside_refused_sockets_total{reason}            counter (pending_global, pending_per_address)
+    riverside_queued_bytes                             gauge   (bytes held for sending, node-wide)
+    riverside_memory_shed_connections_total            counter (closed by max_queued_bytes)
 """
 
 from __future__ import annotations
@@ -43,13 +45,16 @@ class Metrics:
         dropped_live: Callable[[], int] | None = None,
         *,
         pending: Callable[[], int] | None = None,
+        queued: Callable[[], int] | None = None,
     ) -> None:
         self._connected = connected
         self._pending = pending
         self.refused_sockets: Counter[str] = Counter()
         """Sockets closed at accept, unanswered, by reason (pending_global, pending_per_address)."""
         self._dropped_live = dropped_live
+        self._queued = queued
         self.dropped_messages = 0
+        self.memory_shed_connections = 0
         self.sessions_total = 0
         self.incoming_text = 0
         self.incoming_binary = 0
@@ -79,6 +84,11 @@ class Metrics:
         """Messages dropped by the outbox policy (drop_oldest or drop_newest), all time."""
         live = self._dropped_live() if self._dropped_live is not None else 0
         return self.dropped_messages + live
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes held for sending now, node-wide: what ``max_queued_bytes`` limits."""
+        return self._queued() if self._queued is not None else 0
 
     def observe_duration(self, seconds: float) -> None:
         """Record how long a finished connection lasted."""
@@ -168,3 +178,13 @@ class _Collector:
         for reason in ("pending_global", "pending_per_address"):
             refused.add_metric([reason], m.refused_sockets[reason])
         yield refused
+        yield GaugeMetricFamily(
+            "riverside_queued_bytes",
+            "Bytes held for sending (outboxes, batches being written, mailboxes), node-wide",
+            m.queued_bytes,
+        )
+        yield CounterMetricFamily(
+            "riverside_memory_shed_connections",
+            "Connections closed because the node's queued bytes went over max_queued_bytes",
+            m.memory_shed_connections,
+        )

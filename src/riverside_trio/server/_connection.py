@@ -25,7 +25,6 @@ stream: TLS, memory streams). The rules:
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -37,6 +36,7 @@ from .._values import AuthRequest, TaskFailed, TaskResult, TerminateReason
 from ..destinations import Channel, Session, User
 from ..errors import CloseConnection, ConnectionClosed
 from ..wire.frames import PUSH_FULL, PUSH_QUEUED, encode_close
+from ._mailbox import Mailbox
 from ._reader import Reader
 from ._tasks import SideTasks
 from ._transport import Transport
@@ -155,7 +155,7 @@ class Connection:
         self._aborted = False
         self._gate_busy = False
         self._gate_lot: ParkingLot | None = None  # made when two callbacks first contend
-        self._infos: deque[Any] | None = None  # made on the first send_info
+        self._infos: Mailbox | None = None  # made on the first send_info
         self._info_task = False
         self._scope: trio.CancelScope | None = None  # the reading task's, for _abort
         self._side: SideTasks | None = None  # made when the first side task starts
@@ -297,7 +297,7 @@ class Connection:
         """Post ``info`` to this connection's ``Handler.handle_info``.
 
         It runs after the callback in progress, never overlapping it. The mailbox holds up
-        to ``outbox_size`` infos; past that ``outbox_policy`` applies. Posting to a closed
+        to ``mailbox_size`` infos; past that ``outbox_policy`` applies. Posting to a closed
         connection does nothing.
         """
         self._post_info(info)
@@ -345,8 +345,6 @@ class Connection:
         if self._reason is None:
             self._reason = TerminateReason(kind, code, reason)
         self._close_deadline = trio.current_time() + self._core.config.close_timeout
-        if self._infos:
-            self._infos.clear()
         self._writer.push_control(frame)
 
     def _close_for(self, kind: str, code: int) -> None:
@@ -354,10 +352,13 @@ class Connection:
         self._initiate_close(code, kind, kind)
 
     def _mark_closing(self) -> None:
-        """No more data frames: leave every delivery destination (the close frame is last)."""
+        """No more data frames: leave every delivery destination (the close frame is last);
+        the infos still waiting will not run."""
         if not self._close_sent:
             self._close_sent = True
             self._core.registry.unroute(self)
+            if self._infos:
+                self._infos.clear()
 
     def _on_close(self, code: int, reason: str) -> None:
         """The client's close frame: an answer to ours, or its own request to close."""
@@ -459,7 +460,9 @@ class Connection:
         if self._writer.busy:
             with trio.move_on_after(flush_timeout):
                 await self._writer.flush()
-        self._outbox.close()
+        self._writer.close()
+        if self._infos:
+            self._infos.clear()
         self._transport.send_eof()
         await self._transport.aclose(graceful=flush_timeout > 0)
         core.metrics.disconnects[reason.kind] += 1
@@ -527,8 +530,8 @@ class Connection:
             return 0
         infos = self._infos
         if infos is None:
-            infos = self._infos = deque()
-        elif len(infos) >= self._core.config.outbox_size:
+            infos = self._infos = Mailbox(self._core.config.mailbox_size, self._core.budget)
+        elif infos.full:
             if self._core.config.outbox_policy == "drop_oldest":
                 infos.popleft()
                 self._dropped()

@@ -1,9 +1,10 @@
 """What every connection of one server shares: settings, handler, codec, registry, hub,
-metrics, the cork and the server's nursery."""
+metrics, the cork, the memory budget and the server's nursery."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, cast
 
 import structlog
 import trio
@@ -16,6 +17,7 @@ from ..delivery.registry import Registry
 from ..metrics import Metrics
 from ..wire.frames import Cork
 from ._admission import Admission
+from ._budget import MemoryBudget, Sheddable
 
 __all__ = ["Callbacks", "Core"]
 
@@ -56,9 +58,16 @@ class Core:
             if config.outbox_policy == "drop_oldest"
             else None,
             pending=lambda: self.admission.pending,
+            queued=lambda: self.budget.used,
         )
         # Sockets before their handshake: the caps, the deadlines, the trusted proxies.
         self.admission = Admission(config, self.metrics.refused_sockets)
+        # The node's memory budget for queued outgoing bytes (max_queued_bytes): outboxes,
+        # writers and mailboxes charge it; its task sheds the connections holding most.
+        # (The registry knows its members by a small protocol; they are Connections.)
+        members = cast("Callable[[], Iterable[Sheddable]]", lambda: registry.connections)
+        self.memory = MemoryBudget(config.max_queued_bytes, members, self.metrics, self.warn)
+        self.budget = self.memory.budget
         self.hub = Hub(registry, self.codec, self.metrics, compress=config.permessage_deflate)
         self.shutting_down = False
         self.handshakes = 0  # upgrades between 'accepted' and 'registered'

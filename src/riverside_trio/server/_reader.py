@@ -2,11 +2,15 @@
 
 The read loop awaits as little as it can. Over a plain socket it tries a non-blocking
 ``recv`` first, parks on ``wait_readable`` only after a read that drained the socket (or
-EAGAIN), and checkpoints every ``READS_PER_CHECKPOINT`` reads without a park; over a stream
-each read is a ``receive_some``. Either way the bytes go to the compiled frame parser and
-each event to the connection's rules, and the loop yields to other tasks after
-``EVENTS_PER_CHECKPOINT`` events of one burst, so one client's flood cannot hold the
-scheduler.
+EAGAIN), and checkpoints once it has read ``READ_BYTES_PER_CHECKPOINT`` bytes without a
+park; over a stream each read is a ``receive_some``. Either way the bytes go to the
+compiled frame parser and each event to the connection's rules, and the loop yields to
+other tasks after ``EVENTS_PER_CHECKPOINT`` events of one burst: one client's flood gets
+a bounded share of each wake-up (64 KiB of input or 64 frames), never the scheduler.
+
+Pings and pongs count against ``control_frame_limit`` (a token bucket refilled over one
+second): each one costs the server a parse, a pong and maybe a ``handle_control``, so a
+client may not send them without end (1008 ``too_many_control_frames``).
 """
 
 from __future__ import annotations
@@ -38,12 +42,12 @@ if TYPE_CHECKING:
     from ..wire.deflate import Inflater
     from ._core import Core
 
-__all__ = ["EVENTS_PER_CHECKPOINT", "READS_PER_CHECKPOINT", "Reader", "Rules"]
+__all__ = ["EVENTS_PER_CHECKPOINT", "READ_BYTES_PER_CHECKPOINT", "Reader", "Rules"]
 
 log = structlog.get_logger("riverside_trio.connection")
 
-# Reads without a park before the task yields to the scheduler anyway.
-READS_PER_CHECKPOINT = 16
+# Bytes read without a park before the task yields to the scheduler anyway.
+READ_BYTES_PER_CHECKPOINT = 65536
 # Events dispatched from one burst of reads before the task yields to the scheduler.
 EVENTS_PER_CHECKPOINT = 64
 _SKIP = object()  # a message that was counted but goes no further
@@ -70,7 +74,7 @@ class Rules(Protocol):
 class Reader:
     """Reads, parses and dispatches the incoming frames of one connection."""
 
-    __slots__ = ("_bucket", "_conn", "_inflater", "parser", "transport")
+    __slots__ = ("_bucket", "_conn", "_control_bucket", "_inflater", "parser", "transport")
 
     def __init__(
         self, conn: Rules, transport: Transport, leftover: bytes, inflater: Inflater | None
@@ -88,6 +92,9 @@ class Reader:
             if cfg.transmission_limit
             else None
         )
+        self._control_bucket = (
+            TokenBucket(cfg.control_frame_limit, 1.0, now) if cfg.control_frame_limit else None
+        )
 
     async def run(self) -> None:
         """Read, parse and dispatch until the connection is over."""
@@ -101,7 +108,7 @@ class Reader:
         handler = conn._core.handler
         cork = conn._core.cork  # flushed before every park: what this step held back leaves
         drained = not parser.buffered  # nothing came with the handshake: wait for data
-        reads = 0
+        taken = 0  # bytes read since the last park or checkpoint
         events = 0
         while True:
             # Dispatch every complete event the parser has.
@@ -128,12 +135,16 @@ class Reader:
                             await conn._callback(handler.handle_message, msg, conn)
                     elif kind == EV_PING:
                         metrics.incoming_control["ping"] += 1
+                        if self._over_control_limit():
+                            continue
                         if not conn._close_sent:
                             conn._push_ping_or_pong(encode_frame(OP_PONG, event[1]))
                         if conn._core.wants_control:
                             await self._control("ping", event[1])
                     elif kind == EV_PONG:
                         metrics.incoming_control["pong"] += 1
+                        if self._over_control_limit():
+                            continue
                         conn._ping_sent_at = None
                         if conn._core.wants_control:
                             await self._control("pong", event[1])
@@ -153,12 +164,12 @@ class Reader:
             else:
                 while True:
                     if drained:
-                        reads = 0
+                        taken = 0
                         events = 0
                         _flush(cork)
                         await wait_readable(sock)
-                    elif reads >= READS_PER_CHECKPOINT:
-                        reads = 0
+                    elif taken >= READ_BYTES_PER_CHECKPOINT:
+                        taken = 0
                         events = 0
                         _flush(cork)
                         await checkpoint()
@@ -171,12 +182,20 @@ class Reader:
                         data = b""
                     break
                 drained = len(data) < RECV_SIZE
-                reads += 1
+                taken += len(data)
             if not data:
                 conn._lost()
                 return
             conn._activity = True
             parser.feed(data)
+
+    def _over_control_limit(self) -> bool:
+        """Take a token for a ping or pong; without one, close (1008) and say so."""
+        bucket = self._control_bucket
+        if bucket is None or self._conn._close_sent or bucket.take(trio.current_time()):
+            return False
+        self._conn._close_for("too_many_control_frames", 1008)
+        return True
 
     async def _control(self, kind: Literal["ping", "pong"], payload: bytes) -> None:
         conn = self._conn

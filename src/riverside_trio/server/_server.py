@@ -202,6 +202,7 @@ class Server:
                         accept_loop, lsock, nursery, self._handle, self._core.admission
                     )
                 nursery.start_soon(sweep, self._core, self._connections)
+                nursery.start_soon(self._core.memory.run)
                 log.info(
                     "listening",
                     host=self.config.host,

@@ -8,6 +8,10 @@ kernel refuses. Over a stream (TLS, memory streams) every frame is queued. Eithe
 writer task is started when something is queued and ends when the queue is empty, so an
 idle connection has none. The queue is bounded (``outbox_size``, ``outbox_bytes``); a full
 one is the connection's problem (``outbox_policy``).
+
+What is queued, and the batch the writer has taken out of the outbox until it is written,
+count against the node's memory budget (``max_queued_bytes``): the outbox charges its queue,
+the writer its batch (``held_bytes`` is both).
 """
 
 from __future__ import annotations
@@ -44,23 +48,30 @@ SENDS_PER_CHECKPOINT = 16
 class Writer:
     """The outbox of one connection and the task that drains it."""
 
-    __slots__ = ("_conn", "_inflight", "_running", "outbox", "transport")
+    __slots__ = ("_budget", "_conn", "_held", "_inflight", "_running", "outbox", "transport")
 
     def __init__(self, conn: Owner, transport: Transport) -> None:
-        cfg = conn._core.config
+        core = conn._core
+        cfg = core.config
         self._conn = conn
         self.transport = transport
         fast = isinstance(transport, SocketTransport)
+        self._budget = core.budget
         self.outbox = Outbox(
             transport.sock if fast else None,
             cfg.outbox_size,
             cfg.outbox_bytes,
             self.wake,
             drop_oldest=cfg.outbox_policy == "drop_oldest",
-            cork=conn._core.cork if fast else None,
+            cork=core.cork if fast else None,
+            budget=core.budget,
         )
         self._running = False
-        self._inflight: memoryview | None = None  # a partly sent frame (fast path)
+        # Taken out of the outbox, not yet written: on the fast path what is left of the
+        # batch (maybe a partly sent frame); on either path the close frame and what was
+        # queued before it, when the outbox was full.
+        self._inflight: memoryview | None = None
+        self._held = 0  # bytes the writer holds, charged to the budget
 
     @property
     def busy(self) -> bool:
@@ -69,9 +80,8 @@ class Writer:
 
     @property
     def held_bytes(self) -> int:
-        """Bytes queued or half sent: what this connection holds of the node's memory."""
-        inflight = self._inflight
-        return self.outbox.queued_bytes + (len(inflight) if inflight is not None else 0)
+        """Bytes queued or being written: what this connection holds of the node's memory."""
+        return self.outbox.queued_bytes + self._held
 
     def push_control(self, frame: bytes) -> None:
         """Queue a close frame: past a full outbox if need be (it is the last frame).
@@ -80,13 +90,35 @@ class Writer:
         frame may be half sent, then the close frame.
         """
         if self.outbox.push(frame) == PUSH_FULL:
-            self._inflight = memoryview(self._pending() + frame)
+            self._inflight = self._hold(self._pending() + frame)
             self.wake()
 
-    def _pending(self) -> bytes:
-        rest = bytes(self._inflight) if self._inflight is not None else b""
+    def close(self) -> None:
+        """The connection is over: drop whatever is queued or held (and its charge)."""
+        self.outbox.close()
         self._inflight = None
+        self._let_go(self._held)
+
+    def _pending(self) -> bytes:
+        """Everything not written yet, in order, now out of the writer's and outbox's hands."""
+        rest = b""
+        if self._inflight is not None:
+            rest = bytes(self._inflight)
+            self._inflight = None
+            self._let_go(len(rest))
         return rest + self.outbox.take()
+
+    def _hold(self, data: bytes) -> memoryview:
+        """The writer holds ``data`` until it is written: charge it to the budget."""
+        self._held += len(data)
+        self._budget.charge(len(data))
+        return memoryview(data)
+
+    def _let_go(self, n: int) -> None:
+        """``n`` held bytes were written or dropped."""
+        if n:
+            self._held -= n
+            self._budget.credit(n)
 
     def wake(self) -> None:
         """Something is queued: start the writer task unless it runs already."""
@@ -116,9 +148,16 @@ class Writer:
         outbox = self.outbox
         outbox.writing = True
         try:
-            while outbox.queued_frames:
-                if not await self.transport.send_all(outbox.take()):
-                    outbox.close()
+            # What push_control left in _inflight goes first: left alone, the write loop
+            # would see work it never does, and spin.
+            while data := self._pending():
+                self._hold(data)
+                try:
+                    sent = await self.transport.send_all(data)
+                finally:
+                    self._let_go(len(data))
+                if not sent:
+                    self.close()
                     self._conn._lost()
                     return
         finally:
@@ -135,17 +174,17 @@ class Writer:
                 if data is None:
                     if not outbox.queued_frames:
                         return
-                    data = self._inflight = memoryview(outbox.take())
+                    data = self._inflight = self._hold(outbox.take())
                 try:
                     n = sock.send(data)
                 except BlockingIOError:
                     await wait_writable(sock)
                     continue
                 except OSError:
-                    self._inflight = None
-                    outbox.close()
+                    self.close()
                     self._conn._lost()
                     return
+                self._let_go(n)
                 self._inflight = data[n:] if n < len(data) else None
                 sends += 1
                 if sends >= SENDS_PER_CHECKPOINT:
