@@ -6,9 +6,8 @@ from __future__ import annotations
 import os
 import socket
 import struct
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import trio
 import trio.testing
@@ -23,56 +22,17 @@ from riverside_trio import (
     TerminateReason,
 )
 
-from ._helpers import RawClient
+from ._helpers import RawClient, advance, fail_after_real, wait_until
+
+__all__ = ["advance", "fail_after_real", "wait_until"]  # re-exported for the limit tests
 
 OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x8, 0x9, 0xA
-REAL_TIMEOUT = 30.0
-
-
-@contextmanager
-def fail_after_real(seconds: float = REAL_TIMEOUT) -> Iterator[None]:
-    """``trio.fail_after`` on the wall clock: on a mock clock that stands still,
-    ``fail_after`` never fires while a test waits for the kernel. Only turns a hang into a
-    failure; no result depends on it."""
-    token = trio.lowlevel.current_trio_token()
-    with trio.CancelScope() as scope:
-
-        def expire() -> None:
-            with suppress(trio.RunFinishedError):
-                token.run_sync_soon(scope.cancel)
-
-        timer = threading.Timer(seconds, expire)
-        timer.daemon = True
-        timer.start()
-        try:
-            yield
-        finally:
-            timer.cancel()
-    if scope.cancelled_caught:
-        raise trio.TooSlowError(f"not done after {seconds} s of real time")
 
 
 async def settle() -> None:
-    """Let every task run until all are blocked (on I/O, events or the clock)."""
+    """Let every task run until all are blocked, waiting up to a millisecond of real time
+    for I/O at a go (bytes in flight between the kernel's sockets arrive); never the clock."""
     await trio.testing.wait_all_tasks_blocked(cushion=0.001)
-
-
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    """Wait for ``predicate()``, checking it whenever every task is blocked (never moves the
-    clock); bounded in real time."""
-    with fail_after_real():
-        while not predicate():
-            await settle()
-
-
-async def advance(clock: trio.testing.MockClock, seconds: float, step: float = 0.25) -> None:
-    """Move ``clock`` on by ``seconds`` in jumps of ``step``, settling after each."""
-    left = seconds
-    while left > 1e-9:
-        jump = min(step, left)
-        clock.jump(jump)
-        left -= jump
-        await settle()
 
 
 def masked(payload: bytes, opcode: int = OP_TEXT) -> bytes:
