@@ -48,6 +48,7 @@ def main() -> None:
         outbox_bytes=1 << 30,
         idle_timeout=None,
         ping_interval=None,
+        log_connections=False,  # no log line per connection (the peers log none either)
     )
     riverside_trio.run(BenchHandler(), config)
 

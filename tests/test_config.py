@@ -114,6 +114,7 @@ BAD_VALUES: dict[str, list[object]] = {
     "metrics_path": ["metrics", "", "/health"],
     "log_format": ["text", None],
     "log_level": ["trace", "INFO", None],
+    "log_connections": [1, "no", None],
 }
 
 

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+import structlog.testing
 import trio
 import trio.testing
 import websockets.exceptions
@@ -449,3 +450,32 @@ async def test_terminate_raising_is_contained_and_the_server_keeps_serving() -> 
         assert handler.reasons[0].kind == "remote"
         await echo_round_trip(server)
         await wait_terminated(handler, 2)
+
+
+# -- connection log ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_connections_are_logged_open_and_closed(enabled: bool) -> None:
+    handler = TrackingHandler()
+    with structlog.testing.capture_logs() as logs:
+        async with running(handler, log_connections=enabled) as server:
+            async with trio_websocket(server, "/ws?user=ada") as ws:
+                await ws.send_message(json.dumps("hi"))
+                with fail_after_real():
+                    assert json.loads(await ws.get_message()) == "hi"
+            await wait_terminated(handler, 1)
+    events = [e for e in logs if e["event"] in ("connection_open", "connection_closed")]
+    if not enabled:
+        assert events == []
+        return
+    opened, closed = events
+    assert opened["event"] == "connection_open"
+    assert opened["log_level"] == "info"
+    assert opened["peer"].startswith("127.0.0.1:")
+    assert (opened["user_id"], opened["path"]) == ("ada", "/ws")
+    assert opened["session_id"]
+    assert closed["event"] == "connection_closed"
+    assert (closed["peer"], closed["user_id"]) == (opened["peer"], "ada")
+    assert (closed["code"], closed["reason"]) == (1000, "remote")
+    assert closed["duration"] >= 0

@@ -148,6 +148,8 @@ class Config:
         metrics_path: URL path of the Prometheus metrics; None ("off") turns the endpoint off.
         log_format: Log output of the CLI: "console" (for people) or "json" (one object a line).
         log_level: Lowest level logged by the CLI: "debug", "info", "warning" or "error".
+        log_connections: Log every connection's open and close at info level (peer, user,
+            session, path; close code, reason kind and duration).
     """
 
     # network
@@ -200,6 +202,7 @@ class Config:
     # logging (used by the CLI)
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_connections: bool = True
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

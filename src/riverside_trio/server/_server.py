@@ -39,6 +39,7 @@ from ._transport import SocketTransport, StreamTransport, Transport
 __all__ = ["Server", "run", "serve"]
 
 log = structlog.get_logger("riverside_trio.server")
+conn_log = structlog.get_logger("riverside_trio.connection")
 
 
 class Server:
@@ -284,7 +285,11 @@ class Server:
             conn = await handle_request(core, transport, peer, slot)
             if conn is not None:
                 slot.release()
+                if core.config.log_connections:
+                    _log_open(conn, peer)
                 await conn._run()
+                if core.config.log_connections:
+                    _log_close(conn, peer)
         except Exception:
             # A bug of ours must never take the server down with it.
             log.exception("connection_crashed", peer=peer)
@@ -297,6 +302,29 @@ class Server:
             slot.release()
             if core.shutting_down:
                 self._drained.unpark_all()
+
+
+def _log_open(conn: Connection, peer: tuple[str, int]) -> None:
+    conn_log.info(
+        "connection_open",
+        peer=f"{peer[0]}:{peer[1]}",
+        user_id=conn.user_id,
+        session_id=conn.session_id,
+        path=conn.path,
+    )
+
+
+def _log_close(conn: Connection, peer: tuple[str, int]) -> None:
+    reason = conn._reason
+    conn_log.info(
+        "connection_closed",
+        peer=f"{peer[0]}:{peer[1]}",
+        user_id=conn.user_id,
+        session_id=conn.session_id,
+        code=reason.code if reason is not None else None,
+        reason=reason.kind if reason is not None else None,
+        duration=round(trio.current_time() - conn._opened_at, 3),
+    )
 
 
 async def serve(
