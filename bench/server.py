@@ -46,6 +46,8 @@ def main() -> None:
         transmission_limit=0,  # the harness sends as fast as it can
         outbox_size=100_000,  # the harness always reads: backpressure, never shedding
         outbox_bytes=1 << 30,
+        max_queued_bytes=None,  # ... nor shedding for the node's budget
+        control_frame_limit=0,
         idle_timeout=None,
         ping_interval=None,
         log_connections=False,  # no log line per connection (the peers log none either)
