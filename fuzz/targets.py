@@ -29,6 +29,7 @@ input replays the same way with or without atheris (``fuzz/run.py --replay``).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import re
 import sys
@@ -276,17 +277,18 @@ async def _talk(
     out: bytearray,
     done: trio.Event,
 ) -> None:
-    """The client: send the chunks (then EOF, if ``eof``), read everything until the end."""
+    """The client: send the chunks (then EOF, if ``eof``), read everything until the end,
+    including when the server stopped reading before all was sent."""
     try:
-        for chunk in chunks:
-            await stream.send_all(chunk)
-            await trio.lowlevel.checkpoint()  # let the server read each chunk on its own
-        if eof:
-            await stream.send_eof()
-        while data := await stream.receive_some():
-            out += data
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            for chunk in chunks:
+                await stream.send_all(chunk)
+                await trio.lowlevel.checkpoint()  # let the server read each chunk on its own
+            if eof:
+                await stream.send_eof()
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while data := await stream.receive_some():
+                out += data
     finally:
         done.set()
 
@@ -377,7 +379,15 @@ def server(data: bytes) -> None:
     chunks = inp.chunks()
     if more & 1:  # a valid upgrade first: the rest is WebSocket frames
         chunks.insert(0, _UPGRADE)
-    config = _config(flags, max_message_size=MESSAGE_SIZES[more >> 1 & 3])
+    config = _config(
+        flags,
+        max_message_size=MESSAGE_SIZES[more >> 1 & 3],
+        # short timers: a client that stops sending meets pings, then the idle timeout
+        idle_timeout=3.0,
+        ping_interval=1.0,
+        ping_timeout=1.0,
+        close_timeout=1.0,
+    )
     handler = FuzzHandler()
     out = bytearray()
     health = bytearray()

@@ -27,7 +27,7 @@ from riverside_trio.wire import _frames_py
 ROOT = Path(__file__).resolve().parent.parent
 C_ONLY = {"parser"}  # compares the compiled parser with its twin
 # Inputs per target in the suite's run: a few seconds in all on a loaded machine.
-RUNS = {"parser": 4000, "head": 600, "server": 300, "inflate": 4000}
+RUNS = {"parser": 3000, "head": 400, "server": 200, "inflate": 3000}
 
 
 def _param(name: str) -> Any:
