@@ -182,6 +182,7 @@ async def test_global_cap_refuses_new_sockets_until_slots_free_and_open_connecti
     with fail_after_real():
         async with running(EchoHandler, max_pending_handshakes=cap, **NO_TIMERS) as server:
             async with ws_open(server.url) as established:
+                assert server.metrics.pending_handshakes == 0  # a WebSocket is not pending
                 hostile = []
                 for i in range(cap):  # one socket from each of six addresses
                     stream = await connect_from(server, f"127.0.0.{10 + i}")
@@ -489,6 +490,7 @@ async def test_header_values_are_trimmed_of_sp_and_htab_only(junk: str) -> None:
         (["10.0.0.0/8"], ["[2001:db8::7"], None),
         (["10.0.0.0/8"], ["203.0.113.7:http"], None),
         (["10.0.0.0/8"], ["203.0.113.7, not-an-ip"], None),
+        (["10.0.0.0/8"], ["01.2.3.4"], None),  # leading zeros: octal to some parsers
     ],
 )
 def test_x_forwarded_for_gives_the_right_most_untrusted_address(
