@@ -48,6 +48,9 @@ def main() -> None:
         outbox_bytes=1 << 30,
         max_queued_bytes=None,  # ... nor shedding for the node's budget
         control_frame_limit=0,
+        # The harness opens up to 100 handshakes at once, all from 127.0.0.1 (one address for
+        # many clients): the per-address cap of pending sockets would refuse some of them.
+        max_pending_per_address=1024,
         idle_timeout=None,
         ping_interval=None,
         log_connections=False,  # no log line per connection (the peers log none either)
