@@ -4,7 +4,10 @@ per delivery, and deflate bombs."""
 from __future__ import annotations
 
 import json
+import tracemalloc
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -96,15 +99,45 @@ def test_compressor_output_inflates_message_by_message_with_a_fresh_inflater() -
         assert zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff") == message
 
 
-def test_inflater_caps_the_output_and_refuses_corrupt_data() -> None:
-    bomb = deflate(bytes(10_000_000))
-    assert len(bomb) < 20_000
-    with pytest.raises(ProtocolError) as info:
+@contextmanager
+def peak_memory() -> Iterator[list[int]]:
+    """The peak of memory allocated inside the block, in bytes (tracemalloc), as ``[peak]``."""
+    result = [0]
+    tracemalloc.start()
+    try:
+        yield result
+        result[0] = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_inflater_caps_the_output_while_inflating_and_refuses_corrupt_data() -> None:
+    bomb = deflate(bytes(50_000_000))  # 50 MB of zeros in about 50 KB
+    assert len(bomb) < 100_000
+    with peak_memory() as peak, pytest.raises(ProtocolError) as info:
         Inflater(1_000_000, reset=False).inflate(bomb)
-    assert info.value.code == 1009
+    assert (info.value.code, info.value.reason) == (1009, "message too big")
+    # It stopped at the cap: it never held the 50 MB (nor 10 MB) it would inflate to.
+    assert peak[0] < 5_000_000
     with pytest.raises(ProtocolError) as info:
         Inflater(1_000_000, reset=False).inflate(b"\xff\xff\xff\xff not deflate")
     assert info.value.code == 1007
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_inflater_accepts_exactly_max_size_and_refuses_one_byte_more(reset: bool) -> None:
+    assert Inflater(1000, reset=reset).inflate(deflate(b"a" * 1000)) == b"a" * 1000
+    with pytest.raises(ProtocolError) as info:
+        Inflater(1000, reset=reset).inflate(deflate(b"a" * 1001))
+    assert info.value.code == 1009
+    # the limit is on each message, with the context kept between them
+    inflater = Inflater(1000, reset=reset)
+    c = zlib.compressobj(wbits=-15)
+    for _ in range(5):
+        payload = (c.compress(b"b" * 1000) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
+        if reset:
+            c = zlib.compressobj(wbits=-15)
+        assert inflater.inflate(payload) == b"b" * 1000
 
 
 def test_inflater_starts_afresh_after_a_final_deflate_block() -> None:
@@ -204,20 +237,46 @@ async def test_fan_out_compresses_once_and_serves_plain_and_deflate_clients(
 
 async def test_a_deflate_bomb_is_closed_1009_without_inflating_it() -> None:
     handler = Room()
+    bomb = compressed_frame(0x2, bytes(50_000_000))  # 50 MB of zeros in about 50 KB
     async with running(handler, max_message_size=1 << 20, **DEFLATE) as server:
         client = await RawClient.connect(server)
         try:
-            with trio.fail_after(10):
+            with trio.fail_after(30):
                 status, _, _ = await client.upgrade(
                     headers={"Sec-WebSocket-Extensions": "permessage-deflate"}
                 )
                 assert status == 101
-                await client.send(compressed_frame(0x2, bytes(50_000_000)))  # 50 MB of zeros
-                assert await client.read_close() == (1009, "message_too_big")
-                await handler.done.wait()
+                with peak_memory() as peak:
+                    await client.send(bomb)
+                    assert await client.read_close() == (1009, "message_too_big")
+                    await handler.done.wait()
                 assert handler.reasons == [
                     TerminateReason("message_too_big", 1009, "message_too_big")
                 ]
+                assert server.metrics.disconnects["message_too_big"] == 1
+        finally:
+            await client.aclose()
+    # The server stopped inflating at max_message_size (1 MiB): far from the bomb's 50 MB.
+    assert peak[0] < 10_000_000
+
+
+async def test_a_message_inflating_to_exactly_max_message_size_is_delivered() -> None:
+    handler = Room()
+    async with running(handler, max_message_size=100_000, **DEFLATE) as server:
+        client = await RawClient.connect(server)
+        try:
+            with trio.fail_after(30):
+                status, _, _ = await client.upgrade(
+                    headers={"Sec-WebSocket-Extensions": "permessage-deflate"}
+                )
+                assert status == 101
+                await client.send(compressed_frame(0x2, b"z" * 100_000))
+                op, payload, _ = await client.read_frame()
+                assert client.last_first_byte & 0x40  # compressed back
+                inflated = zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
+                assert (op, inflated) == (0x2, b"z" * 100_000)
+                await client.send(compressed_frame(0x2, b"z" * 100_001))
+                assert await client.read_close() == (1009, "message_too_big")
         finally:
             await client.aclose()
 
