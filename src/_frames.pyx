@@ -706,13 +706,36 @@ cdef class Outbox:
             return 0
         return self._send_queued()
 
-    def take(self):
-        """Remove every queued frame and return them joined (``b""`` when none)."""
+    def take(self, max_bytes=-1, /):
+        """Remove queued frames from the head and return them joined (``b""`` when none).
+
+        Args:
+            max_bytes: Take whole frames while they fit in this many bytes, but at least
+                one (a batch for the writer, the rest staying queued and droppable); every
+                frame when negative (the default).
+        """
+        cdef Py_ssize_t limit = max_bytes  # TypeError, OverflowError
         cdef list frames = self._frames
         cdef Py_ssize_t head = self._head
         cdef Py_ssize_t count = len(frames)
+        cdef Py_ssize_t end, total, n
         if count == 0:
             return b""
+        if 0 <= limit < self.queued_bytes and count - head > 1:
+            end = head + 1
+            total = PyBytes_GET_SIZE(frames[head])
+            while end < count:
+                n = PyBytes_GET_SIZE(frames[end])
+                if total + n > limit:
+                    break
+                total += n
+                end += 1
+            data = frames[head] if end - head == 1 else b"".join(frames[head:end])
+            del frames[:end]
+            self._head = 0
+            self._partial_head = False
+            self._set_queued(self.queued_bytes - total)
+            return data
         if count - head == 1:
             data = frames[head]
         else:

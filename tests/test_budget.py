@@ -188,6 +188,26 @@ def test_on_over_sees_the_outbox_state_after_the_push(frames_impl: ModuleType) -
     assert seen == [(2, 5)]
 
 
+def test_take_with_a_limit_takes_whole_frames_that_fit_and_at_least_one(
+    frames_impl: ModuleType,
+) -> None:
+    budget, _ = make_budget(frames_impl, 1000)
+    outbox = frames_impl.Outbox(None, 10, 1000, nothing, budget=budget)
+    for frame in (b"a" * 10, b"b" * 20, b"c" * 30, b"d" * 5):
+        outbox.push(frame)
+    assert outbox.take(25) == b"a" * 10  # the next frame would not fit
+    assert (outbox.queued_frames, outbox.queued_bytes, budget.used) == (3, 55, 55)
+    assert outbox.take(0) == b"b" * 20  # one frame at least
+    assert outbox.take(1000) == b"c" * 30 + b"d" * 5
+    assert (outbox.queued_frames, budget.used) == (0, 0)
+    assert outbox.take(10) == b""
+    outbox.push(b"e" * 3)
+    outbox.push(b"f" * 3)
+    assert outbox.take(-1) == b"eeefff"  # negative: everything
+    with pytest.raises(TypeError):
+        outbox.take("10")
+
+
 def test_drop_oldest_credits_what_it_drops(frames_impl: ModuleType) -> None:
     budget, _ = make_budget(frames_impl, 1000)
     outbox = frames_impl.Outbox(None, 2, 1000, nothing, drop_oldest=True, budget=budget)
@@ -250,6 +270,7 @@ budget_ops = st.lists(
     st.one_of(
         st.tuples(st.just("push"), st.integers(0, 1), st.integers(0, 300)),
         st.tuples(st.sampled_from(["take", "drop_queued", "close"]), st.integers(0, 1)),
+        st.tuples(st.just("take_some"), st.integers(0, 1), st.integers(-1, 700)),
         st.tuples(st.just("writing"), st.integers(0, 1), st.booleans()),
         st.tuples(st.sampled_from(["charge", "credit"]), st.integers(0, 400)),
     ),
@@ -307,6 +328,8 @@ def test_budget_same_in_c_and_python(
                     results.append(boxes[step[1]].push(frame))
                 elif op in ("take", "drop_queued", "close"):
                     results.append(getattr(boxes[step[1]], op)())
+                elif op == "take_some":
+                    results.append(boxes[step[1]].take(step[2]))
                 elif op == "writing":
                     boxes[step[1]].writing = step[2]
                 else:

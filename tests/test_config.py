@@ -450,9 +450,10 @@ def test_the_default_limits_fit_max_connections_in_the_memory_budget() -> None:
     """The README's arithmetic: per connection its queue, the batch its writer holds and a
     full mailbox; max_connections of them within max_queued_bytes."""
     from riverside_trio.server._mailbox import INFO_BYTES
+    from riverside_trio.server._writer import WRITE_BATCH
 
     config = Config()
-    per_connection = 2 * config.outbox_bytes + config.mailbox_size * INFO_BYTES
+    per_connection = config.outbox_bytes + WRITE_BATCH + config.mailbox_size * INFO_BYTES
     assert per_connection == 153 * 1024
     assert config.max_queued_bytes is not None
     assert config.max_connections * per_connection <= config.max_queued_bytes

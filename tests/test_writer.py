@@ -96,29 +96,32 @@ async def test_a_stream_client_shed_for_a_full_outbox_gets_its_close_frame() -> 
 async def test_a_stream_client_that_does_not_read_is_shed_for_the_budget(
     mock_clock: trio.testing.MockClock,
 ) -> None:
-    """In lockstep (a send waits until the client reads) the writer holds its batch while
-    the client reads nothing; the next burst takes the node over its budget. The client is
-    closed 1008 memory_budget: its queue is dropped at once, the batch being written goes
-    out first, then the close frame, and nothing stays charged."""
+    """In lockstep (a send waits until the client reads) the writer holds one batch (64 KiB
+    at most) while the client reads nothing, and the rest stays queued; the next burst takes
+    the node over its budget. The client is closed 1008 memory_budget: its queue is dropped
+    at once, the batch being written goes out, then the close frame; nothing stays charged."""
     handler = Burst()
-    limit = 64 * 1024
+    limit = 160 * 1024
     settings = {"max_queued_bytes": limit, "outbox_bytes": 1 << 20, **NO_TIMERS}
+    frame = 4096 + 4  # a 4 KiB text message and its header
     with no_spinning():
         async with (
             running(handler, **settings) as server,
             stream_client(server, trio.testing.lockstep_stream_pair) as client,
         ):
-            await client.send(masked(b"burst 10 4096"))  # 40 KiB: under the budget
-            await wait_until(lambda: handler.conns[0]._writer.held_bytes > 0)
-            held = server.metrics.queued_bytes
-            assert 0 < held <= limit
-            await client.send(masked(b"burst 10 4096"))  # 40 KiB more: over it
+            await client.send(masked(b"burst 30 4096"))  # 120 KiB: under the budget
+            writer = handler.conns[0]._writer
+            await wait_until(lambda: writer.held_bytes > writer.outbox.queued_bytes)
+            batch = writer.held_bytes - writer.outbox.queued_bytes
+            assert batch == (64 * 1024 // frame) * frame  # whole frames, 64 KiB at most
+            assert server.metrics.queued_bytes == 30 * frame
+            await client.send(masked(b"burst 30 4096"))  # 120 KiB more: over it
             await wait_until(lambda: handler.conns[0].closed)
             assert server.metrics.memory_shed_connections == 1
             # What is left: the batch the writer holds, and the close frame.
-            assert server.metrics.queued_bytes <= held + 4 + len("memory_budget")
+            assert server.metrics.queued_bytes == batch + 2 + 2 + len("memory_budget")
             texts, code, reason = await read_until_close(client)
-            assert [int(t[:6]) for t in texts] == list(range(10))  # the first burst, whole
+            assert [int(t[:6]) for t in texts] == list(range(batch // frame))
             assert (code, reason) == (1008, "memory_budget")
             await client.send(close_frame())
             await wait_until(lambda: bool(handler.reasons))

@@ -98,9 +98,8 @@ class Config:
             the connection with 1008. 0 turns the limit off.
         transmission_period: Length in seconds of the transmission_limit window, > 0.
         outbox_size: Frames queued for one client before outbox_policy applies, >= 1.
-        outbox_bytes: Bytes queued for one client before outbox_policy applies, >= 1 (at
-            most about twice this is held per client: the queue plus the batch being
-            written).
+        outbox_bytes: Bytes queued for one client before outbox_policy applies, >= 1 (the
+            writer's batch of at most 64 KiB comes on top).
         outbox_policy: What a full outbox or mailbox does: "close" the connection (1008
             slow_consumer), "drop_oldest" queued messages to make room for the new one, or
             "drop_newest" (the new message is not queued). Every drop is counted in the

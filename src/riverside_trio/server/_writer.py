@@ -9,9 +9,11 @@ writer task is started when something is queued and ends when the queue is empty
 idle connection has none. The queue is bounded (``outbox_size``, ``outbox_bytes``); a full
 one is the connection's problem (``outbox_policy``).
 
-What is queued, and the batch the writer has taken out of the outbox until it is written,
-count against the node's memory budget (``max_queued_bytes``): the outbox charges its queue,
-the writer its batch (``held_bytes`` is both).
+The writer takes the queue in batches of whole frames of at most ``WRITE_BATCH`` bytes (one
+frame at least), so what waits behind the batch stays in the outbox, counted by its limits
+and droppable: a client holds at most ``outbox_bytes`` queued plus one batch. Both count
+against the node's memory budget (``max_queued_bytes``): the outbox charges its queue, the
+writer its batch (``held_bytes`` is both).
 """
 
 from __future__ import annotations
@@ -39,7 +41,10 @@ class Owner(Protocol):
     def _abort(self) -> None: ...
 
 
-__all__ = ["SENDS_PER_CHECKPOINT", "Owner", "Writer"]
+__all__ = ["SENDS_PER_CHECKPOINT", "WRITE_BATCH", "Owner", "Writer"]
+
+# The most bytes (whole frames, one at least) the writer takes out of the outbox at a time.
+WRITE_BATCH = 65536
 
 # Sends without a park before the writer yields to the scheduler anyway.
 SENDS_PER_CHECKPOINT = 16
@@ -90,7 +95,8 @@ class Writer:
         frame may be half sent, then the close frame.
         """
         if self.outbox.push(frame) == PUSH_FULL:
-            self._inflight = self._hold(self._pending() + frame)
+            rest = self._pending()
+            self._inflight = self._hold(rest + self.outbox.take() + frame)
             self.wake()
 
     def close(self) -> None:
@@ -99,14 +105,16 @@ class Writer:
         self._inflight = None
         self._let_go(self._held)
 
-    def _pending(self) -> bytes:
-        """Everything not written yet, in order, now out of the writer's and outbox's hands."""
-        rest = b""
+    def _pending(self, limit: int = -1) -> bytes:
+        """What is to be written next, in order, now out of the writer's and outbox's
+        hands: what the writer held, else a batch of at most ``limit`` bytes (one frame at
+        least; everything when negative)."""
         if self._inflight is not None:
             rest = bytes(self._inflight)
             self._inflight = None
             self._let_go(len(rest))
-        return rest + self.outbox.take()
+            return rest
+        return self.outbox.take(limit)
 
     def _hold(self, data: bytes) -> memoryview:
         """The writer holds ``data`` until it is written: charge it to the budget."""
@@ -150,7 +158,7 @@ class Writer:
         try:
             # What push_control left in _inflight goes first: left alone, the write loop
             # would see work it never does, and spin.
-            while data := self._pending():
+            while data := self._pending(WRITE_BATCH):
                 self._hold(data)
                 try:
                     sent = await self.transport.send_all(data)
@@ -174,7 +182,7 @@ class Writer:
                 if data is None:
                     if not outbox.queued_frames:
                         return
-                    data = self._inflight = self._hold(outbox.take())
+                    data = self._inflight = self._hold(outbox.take(WRITE_BATCH))
                 try:
                     n = sock.send(data)
                 except BlockingIOError:

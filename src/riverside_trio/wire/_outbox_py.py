@@ -355,12 +355,35 @@ class Outbox:
             return 0
         return self._send_queued()
 
-    def take(self) -> bytes:
-        """Remove every queued frame and return them joined (``b""`` when none)."""
+    def take(self, max_bytes: int = -1, /) -> bytes:
+        """Remove queued frames from the head and return them joined (``b""`` when none).
+
+        Args:
+            max_bytes: Take whole frames while they fit in this many bytes, but at least
+                one (a batch for the writer, the rest staying queued and droppable); every
+                frame when negative (the default).
+        """
+        limit = _as_ssize(max_bytes)
         frames = self._frames
         if not frames:
             return b""
         head = self._head
+        count = len(frames)
+        if 0 <= limit < self._queued_bytes and count - head > 1:
+            end = head + 1
+            total = len(frames[head])
+            while end < count:
+                n = len(frames[end])
+                if total + n > limit:
+                    break
+                total += n
+                end += 1
+            data = frames[head] if end - head == 1 else b"".join(frames[head:end])
+            del frames[:end]
+            self._head = 0
+            self._partial_head = False
+            self._set_queued(self._queued_bytes - total)
+            return data
         if len(frames) - head == 1:
             data = frames[head]
         else:
