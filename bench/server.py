@@ -3,7 +3,8 @@
 Written with the public API only, as a user would: one Handler with the raw codec
 (text stays text, binary stays binary). Every /fanout connection joins one channel; each
 message a member sends is delivered to the whole channel, the sender included.
-The port comes from $BENCH_PORT (or --port N).
+The port comes from $BENCH_PORT (or --port N); ``--tls-cert FILE --tls-key FILE`` serves
+wss:// (bench/tls_echo.py).
 """
 
 from __future__ import annotations
@@ -33,10 +34,14 @@ class BenchHandler(Handler):
 
 def main() -> None:
     argv = sys.argv[1:]
-    port = (
-        int(argv[argv.index("--port") + 1]) if "--port" in argv else int(os.environ["BENCH_PORT"])
-    )
+
+    def option(name: str) -> str | None:
+        return argv[argv.index(name) + 1] if name in argv else None
+
+    port = int(option("--port") or os.environ["BENCH_PORT"])
     config = Config(
+        tls_certfile=option("--tls-cert"),  # wss:// (bench/tls_echo.py)
+        tls_keyfile=option("--tls-key"),
         host="127.0.0.1",
         port=port,
         path="/*",

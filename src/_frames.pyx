@@ -448,9 +448,13 @@ cdef class Outbox:
         budget: A :class:`Budget`, usually one per server: charged with every byte queued
             here, credited with every byte that leaves the queue (sent, dropped, taken by
             the writer, or let go by ``close``).
+        sender: Instead of ``sock``, a callable that takes bytes and returns how many of
+            them it took without blocking (0: none, queue them), or a negative errno when
+            the connection failed (the outbox then closes as on a failed send). A TLS
+            transport encrypts what it takes.
 
     Raises:
-        TypeError: ``wake`` is not callable.
+        TypeError: ``wake`` (or ``sender``) is not callable.
         ValueError: A negative limit, or a blocking socket.
     """
 
@@ -474,6 +478,7 @@ cdef class Outbox:
     cdef Cork _cork
     cdef bint _corked  # on the cork's list, with queued frames no writer was woken for
     cdef Budget _budget
+    cdef object _sender
 
     def __cinit__(self):
         self._frames = []
@@ -488,6 +493,7 @@ cdef class Outbox:
         bint drop_oldest=False,
         Cork cork=None,
         Budget budget=None,
+        sender=None,
     ):
         cdef Py_ssize_t frames_limit = max_frames
         cdef Py_ssize_t bytes_limit = max_bytes
@@ -495,6 +501,10 @@ cdef class Outbox:
             raise ValueError("max_frames and max_bytes must not be negative")
         if not callable(wake):
             raise TypeError("wake must be callable")
+        if sender is not None and not callable(sender):
+            raise TypeError("sender must be callable")
+        if sender is not None and sock is not None:
+            raise ValueError("give sock or sender, not both")
         if sock is not None and sock.gettimeout() != 0.0:
             raise ValueError("the socket must be non-blocking")
         self._head_fd = isinstance(sock, _socket.socket) and rt_socket_fd(sock) == sock.fileno()
@@ -505,6 +515,7 @@ cdef class Outbox:
         self.drop_oldest = drop_oldest
         self._cork = cork
         self._budget = budget
+        self._sender = sender
 
     @property
     def queued_frames(self):
@@ -628,27 +639,36 @@ cdef class Outbox:
         cdef Py_ssize_t sent
         cdef int err
         if self._sock is None:
-            return 0  # a stream: its writer task sends everything
-        fd = rt_socket_fd(self._sock) if self._head_fd else self._sock.fileno()
-        while True:
-            sent = send(fd, PyBytes_AS_STRING(data), <size_t>PyBytes_GET_SIZE(data), RT_SEND_FLAGS)
+            if self._sender is None:
+                return 0  # a stream: its writer task sends everything
+            sent = self._sender(data)
             if sent >= 0:
                 return sent
-            err = errno
-            if err == EINTR:
-                PyErr_CheckSignals()  # like socket.send: a raising handler propagates
-                continue
-            if err == EAGAIN or err == EWOULDBLOCK:
-                return 0
-            self.error = err
-            self.closed = True
-            self._corked = False
-            self._frames = []
-            self._head = 0
-            self._partial_head = False
-            self._set_queued(0)
-            self._wake()
-            return -1
+            err = <int>-sent
+        else:
+            fd = rt_socket_fd(self._sock) if self._head_fd else self._sock.fileno()
+            while True:
+                sent = send(
+                    fd, PyBytes_AS_STRING(data), <size_t>PyBytes_GET_SIZE(data), RT_SEND_FLAGS
+                )
+                if sent >= 0:
+                    return sent
+                err = errno
+                if err == EINTR:
+                    PyErr_CheckSignals()  # like socket.send: a raising handler propagates
+                    continue
+                if err == EAGAIN or err == EWOULDBLOCK:
+                    return 0
+                break
+        self.error = err
+        self.closed = True
+        self._corked = False
+        self._frames = []
+        self._head = 0
+        self._partial_head = False
+        self._set_queued(0)
+        self._wake()
+        return -1
 
     cdef int _queue_corked(self, bytes frame) except -1:
         """Queue ``frame`` in the empty queue, for the cork's flush to send."""

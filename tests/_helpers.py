@@ -6,10 +6,12 @@ import base64
 import json
 import os
 import socket
+import ssl
 import struct
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
+from functools import partial
 from typing import Any
 
 import trio
@@ -148,13 +150,21 @@ async def wait_until(predicate: Callable[[], bool], *, seconds: float = REAL_TIM
 
 
 @asynccontextmanager
-async def running(handler: Handler | type[Handler], **settings: Any) -> AsyncIterator[Server]:
-    """A server on 127.0.0.1:0 for the duration of the block; cancelled afterwards."""
+async def running(
+    handler: Handler | type[Handler],
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    **settings: Any,
+) -> AsyncIterator[Server]:
+    """A server on 127.0.0.1:0 for the duration of the block; cancelled afterwards.
+
+    With ``ssl_context`` it serves ``wss://``."""
     settings.setdefault("host", "127.0.0.1")
     settings.setdefault("port", 0)
     config = Config(**settings)
+    serve = partial(riverside_trio.serve, ssl_context=ssl_context)
     async with trio.open_nursery() as nursery:
-        server: Server = await nursery.start(riverside_trio.serve, handler, config)
+        server: Server = await nursery.start(serve, handler, config)
         try:
             yield server
         finally:
@@ -210,14 +220,33 @@ def client_frame(
 class RawClient:
     """A raw TCP client: hand-written handshakes and frames, for hostile-input tests."""
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.buf = bytearray()
         self.last_first_byte = 0
 
     @classmethod
-    async def connect(cls, server: Server) -> RawClient:
-        return cls(await trio.open_tcp_stream("127.0.0.1", server.port))
+    async def connect(cls, server: Server, ssl_context: ssl.SSLContext | None = None) -> RawClient:
+        """Connect over TCP, or over TLS with ``ssl_context`` (the handshake is done)."""
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        if ssl_context is None:
+            return cls(stream)
+        tls = trio.SSLStream(stream, ssl_context, server_hostname="127.0.0.1")
+        try:
+            await tls.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        return cls(tls)
+
+    @property
+    def socket(self) -> trio.socket.SocketType:
+        """The TCP socket under the stream (TLS or not)."""
+        stream = self.stream
+        if isinstance(stream, trio.SSLStream):
+            stream = stream.transport_stream
+        assert isinstance(stream, trio.SocketStream)
+        return stream.socket
 
     async def send(self, data: bytes) -> None:
         await self.stream.send_all(data)

@@ -11,6 +11,8 @@ from types import ModuleType
 
 import pytest
 
+from ._tls import Certs, make_certs
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
@@ -55,3 +57,9 @@ def frames_impl(request: pytest.FixtureRequest) -> ModuleType:
     if request.param == "c":
         return _import_frames_c()
     return importlib.import_module("riverside_trio.wire._frames_py")
+
+
+@pytest.fixture(scope="session")
+def tls_certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    """A self-signed server certificate, a client CA, a client it signed and a stranger."""
+    return make_certs(tmp_path_factory.mktemp("tls"))

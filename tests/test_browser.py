@@ -48,6 +48,7 @@ from riverside_trio import (
 )
 
 from ._helpers import running
+from ._tls import Certs
 
 TOKEN = "s3cret-browser-token"
 TEST_TIMEOUT = 60.0  # the bound on one whole test (a run takes under a second)
@@ -82,7 +83,8 @@ PAGE = """<!doctype html>
 const params = new URLSearchParams(location.search);
 const scenario = params.get("scenario");
 const token = params.get("token");
-const url = `ws://${location.host}/ws?token=${encodeURIComponent(token)}`;
+const scheme = location.protocol === "https:" ? "wss" : "ws";
+const url = `${scheme}://${location.host}/ws?token=${encodeURIComponent(token)}`;
 const out = {scenario, url, origin: location.origin, events: [], messages: []};
 
 function decode(data) {
@@ -371,9 +373,11 @@ async def _stop(proc: trio.Process) -> None:
 
 
 @asynccontextmanager
-async def open_browser(chromium: str, user_data_dir: Path) -> AsyncIterator[Browser]:
+async def open_browser(
+    chromium: str, user_data_dir: Path, flags: tuple[str, ...] = ()
+) -> AsyncIterator[Browser]:
     user_data_dir.mkdir()
-    args = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={user_data_dir}", "about:blank"]
+    args = [chromium, *CHROMIUM_FLAGS, *flags, f"--user-data-dir={user_data_dir}", "about:blank"]
     proc = await trio.lowlevel.open_process(
         args,
         stdin=subprocess.DEVNULL,
@@ -412,16 +416,26 @@ async def open_browser(chromium: str, user_data_dir: Path) -> AsyncIterator[Brow
 
 @asynccontextmanager
 async def scenario(
-    tmp_path: Path, scenario_name: str, token: str = TOKEN, **settings: Any
+    tmp_path: Path,
+    scenario_name: str,
+    token: str = TOKEN,
+    *,
+    tls: Certs | None = None,
+    **settings: Any,
 ) -> AsyncIterator[tuple[Server, BrowserHandler, dict[str, Any]]]:
     """Start a server (``settings`` for its Config) and a browser, run the page's
-    scenario; yield what both saw."""
+    scenario; yield what both saw. With ``tls`` the page and the WebSocket are served over
+    https:// and wss://, and Chromium trusts the server's self-signed key (by its hash)."""
     chromium = find_chromium()
     handler = BrowserHandler()
+    ssl_context = tls.server_context() if tls is not None else None
+    flags = (f"--ignore-certificate-errors-spki-list={tls.spki_hash()}",) if tls else ()
+    scheme = "https" if tls else "http"
     with trio.fail_after(TEST_TIMEOUT):
-        async with running(handler, **settings) as server:
-            async with open_browser(chromium, tmp_path / "chromium-profile") as browser:
-                url = f"http://127.0.0.1:{server.port}/?scenario={scenario_name}&token={token}"
+        async with running(handler, ssl_context=ssl_context, **settings) as server:
+            profile = tmp_path / "chromium-profile"
+            async with open_browser(chromium, profile, flags) as browser:
+                url = f"{scheme}://127.0.0.1:{server.port}/?scenario={scenario_name}&token={token}"
                 try:
                     with trio.fail_after(PAGE_TIMEOUT):
                         result = await browser.run_page(url)
@@ -539,3 +553,19 @@ async def test_browser_refused_upgrade_fires_error_and_close_1006(tmp_path: Path
         assert handler.reasons == []  # no connection, so no terminate
         assert server.metrics.rejected[403] == 1
         assert server.connection_count == 0
+
+
+async def test_browser_over_wss_with_a_self_signed_certificate(
+    tmp_path: Path, tls_certs: Certs
+) -> None:
+    """https:// page, wss:// WebSocket: the same conversation as over ws://."""
+    async with scenario(tmp_path, "main", tls=tls_certs) as (server, handler, result):
+        assert server.url.startswith("wss://")
+        assert result["url"] == f"wss://127.0.0.1:{server.port}/ws?token={TOKEN}"
+        assert result["origin"] == f"https://127.0.0.1:{server.port}"
+        assert result["events"] == ["open", "close"], result
+        assert len(result["messages"]) == 5
+        assert result["messages"][3] == {"binary": [255, 254, 253, 128, 127, 2, 1, 0]}
+        assert result["close"] == {"code": 4000, "reason": "", "wasClean": True}
+        assert handler.reasons == [TerminateReason("remote", 4000, "bye from the browser")]
+        assert handler.auth_requests[0].origin == f"https://127.0.0.1:{server.port}"

@@ -38,6 +38,7 @@ EXPECTED = {
     "Headers",
     "JSONCodec",
     "Metrics",
+    "make_ssl_context",
     "ProtocolError",
     "RawBinaryCodec",
     "RawCodec",

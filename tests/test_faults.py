@@ -19,8 +19,8 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -49,9 +49,34 @@ from ._helpers import (
     upgrade_request,
     wait_until,
 )
+from ._tls import Certs
 
 OP_TEXT, OP_CLOSE, OP_PING = 0x1, 0x8, 0x9
 REMOTE_DROP = TerminateReason("remote", 1006, "")
+
+# The in-process faults run twice: over plain TCP (the fast path) and over TLS, with the
+# same connection logic, limits and close semantics. The ``scheme`` fixture sets this.
+_TLS: Certs | None = None
+
+
+@pytest.fixture(params=["ws", "wss"])
+def scheme(request: pytest.FixtureRequest, tls_certs: Certs) -> Iterator[str]:
+    """Run the test over plain TCP (ws) and over TLS (wss)."""
+    global _TLS
+    _TLS = tls_certs if request.param == "wss" else None
+    try:
+        yield request.param
+    finally:
+        _TLS = None
+
+
+over_tls_too = pytest.mark.usefixtures("scheme")
+
+
+def serving(handler: Handler, **settings: Any) -> AbstractAsyncContextManager[Server]:
+    """``running`` over the scheme of the test: plain TCP, or TLS."""
+    ssl_context = _TLS.server_context() if _TLS is not None else None
+    return running(handler, ssl_context=ssl_context, **settings)
 
 
 # ---------------------------------------------------------------------------- frames
@@ -206,7 +231,10 @@ async def connected(
     except BaseException:
         sock.close()
         raise
-    client = RawClient(trio.SocketStream(sock))
+    stream: trio.abc.Stream = trio.SocketStream(sock)
+    if _TLS is not None:
+        stream = trio.SSLStream(stream, _TLS.client_context(), server_hostname="127.0.0.1")
+    client = RawClient(stream)
     try:
         query = f"?user={user}" + (f"&join={join}" if join else "")
         query += f"&name={name}" if name else ""
@@ -219,8 +247,8 @@ async def connected(
 
 async def reset(client: RawClient) -> None:
     """Close with a TCP reset (SO_LINGER 0) instead of a FIN."""
-    client.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    await client.aclose()
+    client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await trio.aclose_forcefully(client.stream)  # no close_notify over TLS: a plain reset
 
 
 async def echo_probes(client: RawClient, count: int, done: trio.Event) -> None:
@@ -240,6 +268,7 @@ def seq_of(payload: str) -> int:
 # ---------------------------------------------------------------- 1. slow consumer
 
 
+@over_tls_too
 @pytest.mark.parametrize("per_step", [1, 25], ids=["one-per-step", "bursts"])
 @pytest.mark.parametrize("via", ["channel", "user"])
 async def test_a_client_that_stops_reading_is_shed_and_nobody_else_notices(
@@ -262,7 +291,7 @@ async def test_a_client_that_stops_reading_is_shed_and_nobody_else_notices(
     settings = {"outbox_size": 64, "outbox_bytes": outbox_bytes, "close_timeout": 30}
     max_messages = 200_000
     async with (
-        running(handler, **settings, **NO_TIMERS) as server,
+        serving(handler, **settings, **NO_TIMERS) as server,
         connected(server, user, join=join, name="slow", rcvbuf=4096) as slow,
         connected(server, user, join=join, name="fast") as fast,
         connected(server, "echo") as echo,
@@ -346,12 +375,13 @@ def flood_chunk(start: int, count: int) -> bytes:
     return b"".join(masked(str(i).encode()) for i in range(start, start + count))
 
 
+@over_tls_too
 async def test_a_flooding_client_is_served_in_order_without_starving_the_others() -> None:
     handler = Faulty()
     chunk = 2000
     min_messages, max_messages = 20_000, 2_000_000
     async with (
-        running(handler, transmission_limit=0, **NO_TIMERS) as server,
+        serving(handler, transmission_limit=0, **NO_TIMERS) as server,
         connected(server, "flooder") as flooder,
         connected(server, "echo") as echo,
     ):
@@ -371,11 +401,12 @@ async def test_a_flooding_client_is_served_in_order_without_starving_the_others(
         assert handler.reasons == []
 
 
+@over_tls_too
 async def test_a_flooding_client_over_the_transmission_limit_is_closed_1008_alone() -> None:
     handler = Faulty()
     settings = {"transmission_limit": 50, "transmission_period": 3600.0, "close_timeout": 10}
     async with (
-        running(handler, **settings, **NO_TIMERS) as server,
+        serving(handler, **settings, **NO_TIMERS) as server,
         connected(server, "flooder") as flooder,
         connected(server, "echo") as echo,
         connected(server, "polite") as polite,
@@ -412,6 +443,7 @@ async def test_a_flooding_client_over_the_transmission_limit_is_closed_1008_alon
         assert handler.reasons_of("echo") == handler.reasons_of("polite") == []
 
 
+@over_tls_too
 async def test_a_client_that_pings_without_reading_is_held_to_the_outbox_limits() -> None:
     handler = Faulty()
     outbox_bytes = 64 * 1024
@@ -425,7 +457,7 @@ async def test_a_client_that_pings_without_reading_is_held_to_the_outbox_limits(
         "control_frame_limit": 0,
     }
     async with (
-        running(handler, **settings, **NO_TIMERS) as server,
+        serving(handler, **settings, **NO_TIMERS) as server,
         connected(server, "pinger", rcvbuf=4096) as pinger,
         connected(server, "echo") as echo,
     ):
@@ -777,10 +809,12 @@ class Churner:
             self.on_frame(payload)
 
 
+@over_tls_too
 async def test_join_leave_churn_leaves_no_empty_channels_and_no_late_messages() -> None:
     handler = Faulty()
     channels = [f"c{i}" for i in range(5)]
-    clients_n, rounds = 200, 40
+    # Over TLS the test's own clients (trio.SSLStream) cost most of the time: fewer of them.
+    clients_n, rounds = (200, 40) if _TLS is None else (50, 20)
     churners: list[Churner] = []
     rounds_done = trio.Semaphore(0)  # released once per client that finished its rounds
     second_phase = trio.Event()
@@ -812,7 +846,7 @@ async def test_join_leave_churn_leaves_no_empty_channels_and_no_late_messages() 
             await me.nothing_more()
 
     # 200 clients from one address connect at once: lift the per-address cap of handshakes.
-    async with running(handler, max_pending_per_address=clients_n, **NO_TIMERS) as server:
+    async with serving(handler, max_pending_per_address=clients_n, **NO_TIMERS) as server:
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(publisher, server)
@@ -862,6 +896,7 @@ async def test_join_leave_churn_leaves_no_empty_channels_and_no_late_messages() 
 # ---------------------------------------------------------------- 6. abrupt disconnects
 
 
+@over_tls_too
 async def test_resets_during_delivery_are_absorbed() -> None:
     handler = Faulty()
     pad = "y" * 300
@@ -871,7 +906,7 @@ async def test_resets_during_delivery_are_absorbed() -> None:
     victims = ["stalled", "reading", "shed"] * 3
     with structlog.testing.capture_logs() as logs:
         async with (
-            running(handler, **NO_TIMERS) as server,
+            serving(handler, **NO_TIMERS) as server,
             connected(server, "w0", join="feed") as w0,
             connected(server, "w1", join="feed") as w1,
             connected(server, "w2", join="feed") as w2,

@@ -1636,3 +1636,83 @@ def test_fan_out_rejects_outboxes_of_the_other_implementation(
         frames_c.fan_out([py_box], b"x", [])
     with pytest.raises(TypeError):
         _frames_py.fan_out([c_box], b"x", [])
+
+
+# The outbox's sender (TLS) and take(limit) -------------------------------------------------
+
+
+class Sender:
+    """A sender that takes what ``budget`` allows (all or nothing, like TLS), or fails."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.accept = True
+        self.fail = 0
+
+    def __call__(self, data: bytes) -> int:
+        if self.fail:
+            return -self.fail
+        if not self.accept:
+            return 0
+        self.sent.append(data)
+        return len(data)
+
+
+def test_a_sender_takes_the_place_of_the_socket(frames_impl: ModuleType) -> None:
+    sender, wake = Sender(), Wake()
+    outbox = frames_impl.Outbox(None, 8, 1 << 20, wake, sender=sender)
+    assert outbox.push(b"one") == frames_impl.PUSH_SENT
+    sender.accept = False  # earlier ciphertext pending: queue
+    assert outbox.push(b"two") == frames_impl.PUSH_QUEUED
+    assert wake.calls == 1
+    assert outbox.push(b"three") == frames_impl.PUSH_QUEUED
+    assert outbox.take() == b"twothree"
+    assert sender.sent == [b"one"]
+    sender.accept, sender.fail = True, errno.ECONNRESET
+    assert outbox.push(b"four") == frames_impl.PUSH_CLOSED
+    assert (outbox.closed, outbox.error) == (True, errno.ECONNRESET)
+    assert wake.calls == 2
+
+
+def test_a_corked_sender_gets_one_steps_frames_at_once(frames_impl: ModuleType) -> None:
+    sender, cork = Sender(), frames_impl.Cork()
+    cork.active = True
+    outbox = frames_impl.Outbox(None, 8, 1 << 20, Wake(), sender=sender, cork=cork)
+    assert [outbox.push(b"%d" % i) for i in range(3)] == [frames_impl.PUSH_QUEUED] * 3
+    assert cork.flush() == 1
+    assert sender.sent == [b"012"]
+    assert outbox.queued_frames == 0
+
+
+def test_a_sender_is_checked(
+    frames_impl: ModuleType, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    with pytest.raises(TypeError, match="sender"):
+        frames_impl.Outbox(None, 8, 10, Wake(), sender=42)
+    with pytest.raises(ValueError, match="not both"):
+        frames_impl.Outbox(pair[0], 8, 10, Wake(), sender=Sender())
+
+
+@pytest.mark.parametrize(
+    ("sizes", "limit", "taken", "left"),
+    [
+        ([10, 10, 10], 25, 2, 1),  # whole frames up to the limit
+        ([10, 10, 10], 30, 3, 0),  # all of them fit
+        ([40, 10], 25, 1, 1),  # at least one, even over the limit
+        ([10, 10, 10], 9, 1, 2),
+        ([5], 1, 1, 0),
+    ],
+)
+def test_take_with_a_limit_takes_whole_frames_in_order(
+    frames_impl: ModuleType, sizes: list[int], limit: int, taken: int, left: int
+) -> None:
+    budget = frames_impl.Budget(1 << 20, lambda: None)
+    outbox = frames_impl.Outbox(None, 8, 1 << 20, Wake(), budget=budget)
+    frames = [bytes([65 + i]) * n for i, n in enumerate(sizes)]
+    for frame in frames:
+        assert outbox.push(frame) == frames_impl.PUSH_QUEUED
+    assert outbox.take(limit) == b"".join(frames[:taken])
+    assert outbox.queued_frames == left
+    assert outbox.queued_bytes == budget.used == sum(sizes[taken:])
+    assert outbox.take() == b"".join(frames[taken:])
+    assert budget.used == 0

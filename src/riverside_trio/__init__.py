@@ -52,5 +52,6 @@ from .server._connection import Connection as Connection
 from .server._server import Server as Server
 from .server._server import run as run
 from .server._server import serve as serve
+from .server._tls import make_ssl_context as make_ssl_context
 
 __version__ = "0.1.0"

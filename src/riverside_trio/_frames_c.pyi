@@ -71,6 +71,7 @@ class Outbox:
         drop_oldest: bool = False,
         cork: Cork | None = None,
         budget: Budget | None = None,
+        sender: Callable[[bytes], int] | None = None,
     ) -> None: ...
     @property
     def drop_oldest(self) -> bool: ...

@@ -80,6 +80,13 @@ def _serve(args: argparse.Namespace) -> int:
         )
     except ConfigError as exc:
         return _usage_error(str(exc))
+    if config.tls_certfile is not None:
+        from .server._tls import make_ssl_context
+
+        try:  # a bad certificate or key is a usage error, before anything listens
+            make_ssl_context(config)
+        except ConfigError as exc:
+            return _usage_error(str(exc))
     configure_logging(config.log_format, config.log_level)
     for var, problem in unknown_env:
         log.warning("unknown_environment_variable", variable=var, problem=problem)

@@ -5,6 +5,6 @@ Internal: :class:`~riverside_trio.Server`, :func:`~riverside_trio.serve`,
 :mod:`riverside_trio`. The modules, from the outside in: ``_listener`` (sockets, accept),
 ``_frontdoor`` (the HTTP request head, the upgrade, ``authenticate``), ``_transport`` (a
 plain socket or any Trio stream), ``_connection`` (one client's state and rules) with its
-``_reader`` and ``_writer``, ``_sweeper`` (timers), ``_core`` (what connections share) and
-``_server`` (the lifecycle).
+``_reader`` and ``_writer``, ``_tls`` (the TLS context), ``_sweeper`` (timers), ``_core``
+(what connections share) and ``_server`` (the lifecycle).
 """

@@ -1,7 +1,7 @@
 """The reading half of a connection: bytes in, events out, handler called.
 
-The read loop awaits as little as it can. Over a plain socket it tries a non-blocking
-``recv`` first, parks on ``wait_readable`` only after a read that drained the socket (or
+The read loop awaits as little as it can. Over a plain socket (and over TLS on one) it
+tries a non-blocking ``recv`` first, parks on ``wait_readable`` only after a read that drained the socket (or
 EAGAIN), and checkpoints once it has read ``READ_BYTES_PER_CHECKPOINT`` bytes without a
 park; over a stream each read is a ``receive_some``. Either way the bytes go to the
 compiled frame parser and each event to the connection's rules, and the loop yields to
@@ -36,7 +36,7 @@ from ..wire.frames import (
     TokenBucket,
     encode_frame,
 )
-from ._transport import RECV_SIZE, SocketTransport, Transport
+from ._transport import RECV_SIZE, SocketTransport, TLSTransport, Transport
 
 if TYPE_CHECKING:
     from ..wire.deflate import Inflater
@@ -103,11 +103,13 @@ class Reader:
         conn = self._conn
         transport = self.transport
         sock = transport.sock if isinstance(transport, SocketTransport) else None
+        tls = transport if isinstance(transport, TLSTransport) else None
         parser = self.parser
         metrics = conn._core.metrics
         handler = conn._core.handler
         cork = conn._core.cork  # flushed before every park: what this step held back leaves
-        drained = not parser.buffered  # nothing came with the handshake: wait for data
+        # Nothing came with the handshake: wait for data (TLS may hold some decrypted).
+        drained = not parser.buffered and tls is None
         taken = 0  # bytes read since the last park or checkpoint
         events = 0
         while True:
@@ -157,7 +159,27 @@ class Reader:
                 conn._fail(exc.code, exc.reason, kind_)
                 return
             # Read more.
-            if sock is None:
+            if tls is not None:
+                while True:
+                    if drained:
+                        taken = 0
+                        events = 0
+                        _flush(cork)
+                        await wait_readable(tls.sock)
+                    elif taken >= READ_BYTES_PER_CHECKPOINT:
+                        taken = 0
+                        events = 0
+                        _flush(cork)
+                        await checkpoint()
+                    plain = tls.recv_now()
+                    if plain is None:
+                        drained = True
+                        continue
+                    break
+                data = plain
+                drained = tls.drained
+                taken += len(data)
+            elif sock is None:
                 events = 0
                 _flush(cork)
                 data = await transport.receive()  # always a checkpoint

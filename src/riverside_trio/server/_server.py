@@ -24,7 +24,6 @@ import trio
 
 from ..config import Config
 from ..destinations import Channel, Destination, Group, Session, User
-from ..errors import ConfigError
 from ..handler import Handler
 from ..metrics import Metrics
 from ._admission import Slot
@@ -34,7 +33,8 @@ from ._flusher import Flusher
 from ._frontdoor import handle_request
 from ._listener import accept_loop, open_listeners
 from ._sweeper import sweep
-from ._transport import SocketTransport, StreamTransport, Transport
+from ._tls import make_ssl_context
+from ._transport import SocketTransport, StreamTransport, TLSTransport, Transport
 
 __all__ = ["Server", "run", "serve"]
 
@@ -261,16 +261,12 @@ class Server:
         await self._serve_transport(StreamTransport(stream), peer, slot)
 
     async def _handle(self, sock: socket.socket, peer: tuple[str, int], slot: Slot) -> None:
-        """One accepted TCP connection: plain (the fast path) or TLS (a stream)."""
+        """One accepted TCP connection: plain or TLS, both on the socket's fast path (the
+        front door does the TLS handshake, under the slot's deadline)."""
         if self.ssl_context is None:
             await self._serve_transport(SocketTransport(sock), peer, slot)
-            return
-        stream = trio.SSLStream(
-            trio.SocketStream(trio.socket.from_stdlib_socket(sock)),
-            self.ssl_context,
-            server_side=True,
-        )
-        await self._serve_transport(StreamTransport(stream), peer, slot)
+        else:
+            await self._serve_transport(TLSTransport(sock, self.ssl_context), peer, slot)
 
     async def _serve_transport(
         self, transport: Transport, peer: tuple[str, int], slot: Slot
@@ -294,7 +290,7 @@ class Server:
             # A bug of ours must never take the server down with it.
             log.exception("connection_crashed", peer=peer)
         finally:
-            if isinstance(transport, SocketTransport):
+            if not isinstance(transport, StreamTransport):
                 transport.close_now()
             else:
                 with trio.CancelScope(shield=True):
@@ -393,25 +389,3 @@ async def _run_main(handler: Handler | type[Handler], config: Config | None) -> 
             await server.wait_stopped()
             nursery.cancel_scope.cancel()
 
-
-def make_ssl_context(config: Config) -> ssl.SSLContext:
-    """The server's TLS context from ``tls_certfile``, ``tls_keyfile`` and ``tls_ca_file``.
-
-    Raises:
-        ConfigError: a file cannot be read or is not a certificate or key; names the setting.
-    """
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.set_alpn_protocols(["http/1.1"])
-    try:
-        ctx.load_cert_chain(cast(str, config.tls_certfile), config.tls_keyfile)
-    except (OSError, ssl.SSLError) as exc:
-        name = "tls_certfile" if config.tls_keyfile is None else "tls_certfile/tls_keyfile"
-        raise ConfigError(name, f"cannot load the certificate and key: {exc}") from None
-    if config.tls_ca_file is not None:
-        try:
-            ctx.load_verify_locations(cafile=config.tls_ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError("tls_ca_file", f"cannot load the CA file: {exc}") from None
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx

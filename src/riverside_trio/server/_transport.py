@@ -6,10 +6,14 @@ them:
 - :class:`SocketTransport`, the fast path: a non-blocking plain TCP socket. Reads try
   ``recv`` first and park on ``wait_readable`` only when the kernel says EAGAIN; the
   compiled outbox writes straight to its descriptor.
-- :class:`StreamTransport`, the stream path: any :class:`trio.abc.Stream` (a
-  :class:`trio.SSLStream` for ``wss://``, or one end of ``trio.testing.memory_stream_pair``
-  in tests). Reads are ``receive_some`` and writes ``send_all``, by one task at a time:
-  the outbox never writes to it directly, its writer task does.
+- :class:`~._tls.TLSTransport`, ``wss://`` on the same fast path: TLS with
+  :class:`ssl.SSLObject` over memory BIOs, non-blocking ``recv`` and ``send`` on the socket;
+  the outbox hands it plaintext directly (its ``sender``), as it would write to a plain
+  socket.
+- :class:`StreamTransport`, the stream path: any :class:`trio.abc.Stream` (one end of
+  ``trio.testing.memory_stream_pair`` in tests, or a stream of your own through
+  ``Server.serve_stream``). Reads are ``receive_some`` and writes ``send_all``, by one task
+  at a time: the outbox never writes to it directly, its writer task does.
 
 Both report a dead peer the same way: ``b""`` from :meth:`receive`, False from
 :meth:`send_all`.
@@ -23,7 +27,9 @@ import socket
 import trio
 from trio.lowlevel import wait_readable, wait_writable
 
-__all__ = ["RECV_SIZE", "SocketTransport", "StreamTransport", "Transport"]
+from ._tls import TLSTransport
+
+__all__ = ["RECV_SIZE", "SocketTransport", "StreamTransport", "TLSTransport", "Transport"]
 
 RECV_SIZE = 65536
 # How long a stream's closing handshake (TLS close_notify) may take before it is cut.
@@ -187,4 +193,4 @@ class StreamTransport:
         await trio.aclose_forcefully(self.stream)
 
 
-Transport = SocketTransport | StreamTransport
+Transport = SocketTransport | StreamTransport | TLSTransport

@@ -4,7 +4,8 @@ Outgoing frames go through the connection's :class:`~riverside_trio.wire.frames.
 Over a plain socket (the fast path) the outbox writes to the socket without awaiting when
 nothing is queued (held back by the server's :class:`~riverside_trio.wire.frames.Cork` until
 the reader parks or the flusher runs, so a burst leaves in one ``send``), and queues only what the
-kernel refuses. Over a stream (TLS, memory streams) every frame is queued. Either way a
+kernel refuses; over TLS on a socket the same, through the transport's encryption (its
+``sender``). Over a stream (memory streams) every frame is queued. Either way a
 writer task is started when something is queued and ends when the queue is empty, so an
 idle connection has none. The queue is bounded (``outbox_size``, ``outbox_bytes``); a full
 one is the connection's problem (``outbox_policy``).
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from trio.lowlevel import checkpoint, wait_writable
 
 from ..wire.frames import PUSH_FULL, Outbox
-from ._transport import SocketTransport, Transport
+from ._transport import SocketTransport, StreamTransport, TLSTransport, Transport
 
 if TYPE_CHECKING:
     from ._core import Core
@@ -61,6 +62,7 @@ class Writer:
         self._conn = conn
         self.transport = transport
         fast = isinstance(transport, SocketTransport)
+        tls = transport if isinstance(transport, TLSTransport) else None
         self._budget = core.budget
         self.outbox = Outbox(
             transport.sock if fast else None,
@@ -68,9 +70,12 @@ class Writer:
             cfg.outbox_bytes,
             self.wake,
             drop_oldest=cfg.outbox_policy == "drop_oldest",
-            cork=core.cork if fast else None,
+            cork=core.cork if fast or tls is not None else None,
             budget=core.budget,
+            sender=tls.send_plain if tls is not None else None,
         )
+        if tls is not None:
+            tls.set_wake(self.wake)
         self._running = False
         # Taken out of the outbox, not yet written: on the fast path what is left of the
         # batch (maybe a partly sent frame); on either path the close frame and what was
@@ -80,13 +85,21 @@ class Writer:
 
     @property
     def busy(self) -> bool:
-        """Something is queued or half sent."""
-        return bool(self.outbox.queued_frames) or self._inflight is not None
+        """Something is queued or half sent (TLS: ciphertext the kernel has not taken)."""
+        return (
+            bool(self.outbox.queued_frames)
+            or self._inflight is not None
+            or bool(self.transport.pending if isinstance(self.transport, TLSTransport) else 0)
+        )
 
     @property
     def held_bytes(self) -> int:
-        """Bytes queued or being written: what this connection holds of the node's memory."""
-        return self.outbox.queued_bytes + self._held
+        """Bytes queued or being written: what this connection holds of the node's memory
+        (over TLS with the ciphertext waiting for the kernel, at most about one batch)."""
+        held = self.outbox.queued_bytes + self._held
+        if isinstance(self.transport, TLSTransport):
+            held += len(self.transport.pending)
+        return held
 
     def push_control(self, frame: bytes) -> None:
         """Queue a close frame: past a full outbox if need be (it is the last frame).
@@ -138,7 +151,7 @@ class Writer:
         """Drain the outbox, then end: an idle connection keeps no writer task."""
         outbox = self.outbox
         try:
-            while outbox.queued_frames or self._inflight is not None or outbox.error:
+            while self.busy or outbox.error:
                 await self.flush()
                 if outbox.closed:
                     # The peer is gone: stop reading too.
@@ -149,10 +162,21 @@ class Writer:
             self._running = False
 
     async def flush(self) -> None:
-        """Send everything queued, in order; on a dead peer, close the outbox."""
-        if isinstance(self.transport, SocketTransport):
-            await self._flush_socket(self.transport)
-            return
+        """Send everything queued, in order; on a dead peer, close the outbox.
+
+        Cancelled, nothing is lost on the fast paths: a partly sent frame stays in
+        ``_inflight`` (plain socket), ciphertext in the transport's ``pending`` (TLS), and
+        the connection's final flush sends the rest.
+        """
+        transport = self.transport
+        if isinstance(transport, SocketTransport):
+            await self._flush_socket(transport)
+        elif isinstance(transport, TLSTransport):
+            await self._flush_tls(transport)
+        else:
+            await self._flush_stream(transport)
+
+    async def _flush_stream(self, transport: StreamTransport) -> None:
         outbox = self.outbox
         outbox.writing = True
         try:
@@ -161,13 +185,50 @@ class Writer:
             while data := self._pending(WRITE_BATCH):
                 self._hold(data)
                 try:
-                    sent = await self.transport.send_all(data)
+                    sent = await transport.send_all(data)
                 finally:
                     self._let_go(len(data))
                 if not sent:
                     self.close()
                     self._conn._lost()
                     return
+        finally:
+            outbox.writing = False
+
+    async def _flush_tls(self, transport: TLSTransport) -> None:
+        outbox = self.outbox
+        sock = transport.sock
+        outbox.writing = True
+        sends = 0
+        try:
+            while True:
+                if transport.pending:
+                    try:
+                        transport.send_pending()
+                    except OSError:
+                        transport.pending = b""
+                        self.close()
+                        self._conn._lost()
+                        return
+                    if transport.pending:
+                        await wait_writable(sock)
+                        continue
+                    sends += 1
+                    if sends >= SENDS_PER_CHECKPOINT:
+                        sends = 0
+                        await checkpoint()
+                data = self._pending(WRITE_BATCH)
+                if not data:
+                    return
+                self._hold(data)
+                try:
+                    transport.encrypt(data)  # now ciphertext in transport.pending
+                except OSError:
+                    self.close()
+                    self._conn._lost()
+                    return
+                finally:
+                    self._let_go(len(data))
         finally:
             outbox.writing = False
 

@@ -77,6 +77,7 @@ class Outbox:
         "_max_frames",
         "_partial_head",
         "_queued_bytes",
+        "_sender",
         "_sock",
         "_wake",
         "_writing",
@@ -95,6 +96,7 @@ class Outbox:
         drop_oldest: bool = False,
         cork: Cork | None = None,
         budget: Budget | None = None,
+        sender: Callable[[bytes], int] | None = None,
     ) -> None:
         if cork is not None and type(cork) is not Cork:
             raise TypeError(
@@ -112,6 +114,10 @@ class Outbox:
             raise ValueError("max_frames and max_bytes must not be negative")
         if not callable(wake):
             raise TypeError("wake must be callable")
+        if sender is not None and not callable(sender):
+            raise TypeError("sender must be callable")
+        if sender is not None and sock is not None:
+            raise ValueError("give sock or sender, not both")
         if sock is not None and sock.gettimeout() != 0.0:
             raise ValueError("the socket must be non-blocking")
         self._sock = sock
@@ -133,6 +139,7 @@ class Outbox:
         self._cork = cork
         self._corked = False  # on the cork's list, with queued frames no writer was woken for
         self._budget = budget
+        self._sender = sender
 
     @property
     def writing(self) -> bool:
@@ -288,22 +295,29 @@ class Outbox:
         """One non-blocking send of ``data``: how many bytes the kernel took (0 for EAGAIN),
         or -1 when the socket failed; the outbox is then closed and ``wake`` was called."""
         if self._sock is None:
-            return 0  # a stream: its writer task sends everything
-        try:
-            # PEP 475: socket.send retries EINTR itself unless a signal handler raises.
-            return self._sock.send(data, _SEND_FLAGS)
-        except BlockingIOError:
-            return 0
-        except OSError as exc:
-            self._error = exc.errno or 0
-            self._closed = True
-            self._corked = False
-            self._frames = []
-            self._head = 0
-            self._partial_head = False
-            self._set_queued(0)
-            self._wake()
-            return -1
+            if self._sender is None:
+                return 0  # a stream: its writer task sends everything
+            sent = _as_ssize(self._sender(data))
+            if sent >= 0:
+                return sent
+            error = -sent
+        else:
+            try:
+                # PEP 475: socket.send retries EINTR itself unless a signal handler raises.
+                return self._sock.send(data, _SEND_FLAGS)
+            except BlockingIOError:
+                return 0
+            except OSError as exc:
+                error = exc.errno or 0
+        self._error = error
+        self._closed = True
+        self._corked = False
+        self._frames = []
+        self._head = 0
+        self._partial_head = False
+        self._set_queued(0)
+        self._wake()
+        return -1
 
     def _queue_corked(self, frame: bytes) -> int:
         """Queue ``frame`` in the empty queue, for the cork's flush to send."""
