@@ -189,8 +189,12 @@ async def test_the_transmission_limit_over_a_memory_stream() -> None:
 async def test_a_burst_bigger_than_one_send_arrives_whole_and_in_order() -> None:
     """200 KB queued in one step: the writer sends it in pieces, in order."""
     handler = Echo()
+    settings: dict[str, Any] = {"outbox_size": 1000, "outbox_bytes": 1 << 20}
     with trio.fail_after(20):
-        async with running(handler, **NO_TIMERS) as server, over_memory(server) as (client, done):
+        async with (
+            running(handler, **settings, **NO_TIMERS) as server,
+            over_memory(server) as (client, done),
+        ):
             assert (await client.upgrade())[0] == 101
             await client.send(client_frame(OP_TEXT, b"flood 200"))
             for i in range(200):

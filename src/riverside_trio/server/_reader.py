@@ -1,9 +1,10 @@
 """The reading half of a connection: bytes in, events out, handler called.
 
 The read loop awaits as little as it can. Over a plain socket (and over TLS on one) it
-tries a non-blocking ``recv`` first, parks on ``wait_readable`` only after a read that drained the socket (or
-EAGAIN), and checkpoints once it has read ``READ_BYTES_PER_CHECKPOINT`` bytes without a
-park; over a stream each read is a ``receive_some``. Either way the bytes go to the
+tries a non-blocking ``recv`` first, parks on ``wait_readable`` only after a read that
+drained the socket (or EAGAIN), and checkpoints once it has read
+``READ_BYTES_PER_CHECKPOINT`` bytes without a park; over a stream each read is a
+``receive_some``. Either way the bytes go to the
 compiled frame parser and each event to the connection's rules, and the loop yields to
 other tasks after ``EVENTS_PER_CHECKPOINT`` events of one burst: one client's flood gets
 a bounded share of each wake-up (64 KiB of input or 64 frames), never the scheduler.

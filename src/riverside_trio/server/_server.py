@@ -388,4 +388,3 @@ async def _run_main(handler: Handler | type[Handler], config: Config | None) -> 
             nursery.start_soon(watch_signals)
             await server.wait_stopped()
             nursery.cancel_scope.cancel()
-
