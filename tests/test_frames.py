@@ -1638,7 +1638,7 @@ def test_fan_out_rejects_outboxes_of_the_other_implementation(
         _frames_py.fan_out([c_box], b"x", [])
 
 
-# The outbox's sender (TLS) and take(limit) -------------------------------------------------
+# The outbox's sender (TLS) -------------------------------------------------
 
 
 class Sender:
@@ -1691,28 +1691,3 @@ def test_a_sender_is_checked(
         frames_impl.Outbox(None, 8, 10, Wake(), sender=42)
     with pytest.raises(ValueError, match="not both"):
         frames_impl.Outbox(pair[0], 8, 10, Wake(), sender=Sender())
-
-
-@pytest.mark.parametrize(
-    ("sizes", "limit", "taken", "left"),
-    [
-        ([10, 10, 10], 25, 2, 1),  # whole frames up to the limit
-        ([10, 10, 10], 30, 3, 0),  # all of them fit
-        ([40, 10], 25, 1, 1),  # at least one, even over the limit
-        ([10, 10, 10], 9, 1, 2),
-        ([5], 1, 1, 0),
-    ],
-)
-def test_take_with_a_limit_takes_whole_frames_in_order(
-    frames_impl: ModuleType, sizes: list[int], limit: int, taken: int, left: int
-) -> None:
-    budget = frames_impl.Budget(1 << 20, lambda: None)
-    outbox = frames_impl.Outbox(None, 8, 1 << 20, Wake(), budget=budget)
-    frames = [bytes([65 + i]) * n for i, n in enumerate(sizes)]
-    for frame in frames:
-        assert outbox.push(frame) == frames_impl.PUSH_QUEUED
-    assert outbox.take(limit) == b"".join(frames[:taken])
-    assert outbox.queued_frames == left
-    assert outbox.queued_bytes == budget.used == sum(sizes[taken:])
-    assert outbox.take() == b"".join(frames[taken:])
-    assert budget.used == 0
