@@ -36,6 +36,12 @@ def test_defaults() -> None:
     assert config.allowed_origins is None
     assert (config.health_path, config.metrics_path) == ("/health", "/metrics")
     assert (config.log_format, config.log_level) == ("console", "info")
+    assert config.broker_url is None  # one process, no Redis, unless asked
+    assert (config.broker_prefix, config.broker_ttl, config.broker_queue_size) == (
+        "riverside",
+        15.0,
+        10_000,
+    )
 
 
 def test_is_frozen_and_keyword_only() -> None:
@@ -115,6 +121,21 @@ BAD_VALUES: dict[str, list[object]] = {
     "log_format": ["text", None],
     "log_level": ["trace", "INFO", None],
     "log_connections": [1, "no", None],
+    "broker_url": [
+        "",
+        1,
+        "http://127.0.0.1:6379",
+        "redis://",
+        "redis://h:0",
+        "redis://h:99999",
+        "redis://h/x",
+        "redis://a:1,b:2",  # several hosts without +cluster
+        "redis+cluster://a:1/0",  # a Cluster has no database
+        "redis://h?x=1",
+    ],
+    "broker_prefix": ["", None, "a b", "{x}"],
+    "broker_ttl": [0, 0.5, -1, None, "15"],
+    "broker_queue_size": [0, -1, 1.5, None],
 }
 
 
@@ -457,3 +478,27 @@ def test_the_default_limits_fit_max_connections_in_the_memory_budget() -> None:
     assert per_connection == 153 * 1024
     assert config.max_queued_bytes is not None
     assert config.max_connections * per_connection <= config.max_queued_bytes
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0",
+        "redis://:secret@redis.internal",
+        "rediss://user:secret@redis.example.com:6380/2",
+        "redis+cluster://10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000",
+        "redis://[::1]:6379",
+    ],
+)
+def test_broker_url_accepts_redis_tls_and_cluster_forms(url: str) -> None:
+    assert Config(broker_url=url).broker_url == url
+
+
+def test_a_bad_broker_url_from_the_environment_names_the_setting_without_the_password() -> None:
+    env = {"RIVERSIDE_BROKER_URL": "redis://:hunter2@a:1,b:2"}
+    with pytest.raises(ConfigError) as info:
+        load_config(env=env)
+    message = str(info.value)
+    assert message.startswith("broker_url (from RIVERSIDE_BROKER_URL): ")
+    assert "redis+cluster://" in message
+    assert "hunter2" not in message

@@ -6,6 +6,11 @@ Write one :class:`Handler`, then ``riverside-trio serve module:Handler`` or embe
 
 from __future__ import annotations
 
+from .cluster import ClusterView as ClusterView
+from .cluster import ConnectionInfo as ConnectionInfo
+from .cluster import NameClaim as NameClaim
+from .cluster import NameLost as NameLost
+from .cluster import NodeInfo as NodeInfo
 from .codecs import CBORCodec as CBORCodec
 from .codecs import Codec as Codec
 from .codecs import JSONCodec as JSONCodec

@@ -48,6 +48,7 @@ _GROUP_STARTS = {
     "handshake_timeout": "timeouts (seconds)",
     "permessage_deflate": "behaviour",
     "log_format": "logging",
+    "broker_url": "several nodes (Redis)",
 }
 
 

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import structlog
 
 from ._config_lists import check_networks, check_origins
+from .delivery.broker._url import parse_broker_url
 from .errors import ConfigError
 
 __all__ = ["ENV_PREFIX", "Config", "load_config"]
@@ -149,6 +150,17 @@ class Config:
         log_level: Lowest level logged by the CLI: "debug", "info", "warning" or "error".
         log_connections: Log every connection's open and close at info level (peer, user,
             session, path; close code, reason kind and duration).
+        broker_url: Redis that joins this node to others (see "Running several nodes"):
+            "redis://host:6379/0", "rediss://..." (TLS) or
+            "redis+cluster://host:port,host:port" (a Redis Cluster); None ("off"): this
+            process alone, no Redis.
+        broker_prefix: Prefix of every Redis key and channel of the cluster; nodes with the
+            same broker_url and prefix form one cluster.
+        broker_ttl: Seconds after which a node that stopped refreshing its entries (killed)
+            vanishes from the cluster view and its unique names are freed, >= 1; each node
+            refreshes them every third of it.
+        broker_queue_size: Messages queued between this node and Redis, each way, >= 1;
+            more are dropped and counted (riverside_broker_dropped_total).
     """
 
     # network
@@ -203,6 +215,12 @@ class Config:
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_connections: bool = True
 
+    # several nodes (a broker)
+    broker_url: str | None = None
+    broker_prefix: str = "riverside"
+    broker_ttl: float = _setting(15.0, min=1, unit="seconds")
+    broker_queue_size: int = _setting(10_000, min=1)
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -213,6 +231,13 @@ class Config:
             for name in ("tls_keyfile", "tls_ca_file"):
                 if getattr(self, name) is not None:
                     raise ConfigError(name, "needs tls_certfile: set the certificate too")
+        if self.broker_url is not None:
+            try:
+                parse_broker_url(self.broker_url)
+            except ValueError as exc:
+                raise ConfigError("broker_url", str(exc)) from None
+        if any(c.isspace() or c in "{}" for c in self.broker_prefix):
+            raise ConfigError("broker_prefix", "may not contain spaces or braces")
         paths = {"path": self.path, "health_path": self.health_path}
         if self.metrics_path is not None:
             paths["metrics_path"] = self.metrics_path

@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -66,6 +67,7 @@ class Metrics:
         self.invalid_messages: Counter[str] = Counter()
         self._duration_counts = [0] * (len(DURATION_BUCKETS) + 1)
         self._duration_sum = 0.0
+        self.broker: Any = None  # with several nodes: the broker's counters (collect())
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
 
@@ -188,3 +190,5 @@ class _Collector:
             "Connections closed because the node's queued bytes went over max_queued_bytes",
             m.memory_shed_connections,
         )
+        if m.broker is not None:
+            yield from m.broker.collect()

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from ..cluster import NameClaim
 from ..codecs import Codec
 from ..destinations import Destination
 from ..errors import CodecError
 from ..metrics import Metrics
 from ..wire.deflate import MIN_COMPRESS, Compressor
 from ..wire.frames import OP_BINARY, OP_TEXT, encode_close, encode_frame, fan_out
-from .registry import Members, MembershipListener, Registry
+from .registry import Member, Members, MembershipListener, Registry
 
 __all__ = ["Broker", "Hub"]
 
@@ -40,6 +41,9 @@ class Broker(MembershipListener, Protocol):
 
     def publish_disconnect(self, destination: Destination, code: int, reason: str) -> None:
         """Close the members of ``destination`` on other nodes."""
+
+    def claim_name(self, member: Member, name: str) -> NameClaim:
+        """Claim ``name``, registered on this node, in the whole cluster."""
 
 
 class Hub:
@@ -176,6 +180,17 @@ class Hub:
         for conn in list(members.values()):
             n += conn._post_info(info)
         return n
+
+    def register_name(self, member: Member, name: str) -> NameClaim:
+        """Register the unique ``name`` for ``member`` here, and claim it in the cluster.
+
+        Raises:
+            NameInUseError: another connection of this node holds it.
+        """
+        self.registry.register_name(member, name)
+        if self.broker is None:
+            return NameClaim(name, done=True)
+        return self.broker.claim_name(member, name)
 
     def disconnect(self, destination: Destination, code: int = 1000, reason: str = "") -> int:
         """Close every member of ``destination`` with ``code``; how many local ones.

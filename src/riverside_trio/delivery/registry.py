@@ -21,6 +21,7 @@ listener, no cost.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..destinations import Channel, Destination, Group, Name, Session, User
@@ -33,6 +34,7 @@ class Member(Protocol):
     """What the registry and the hub need of a connection (a small protocol, so that
     delivery does not import the server)."""
 
+    id: str
     user_id: str
     session_id: str
     _outbox: Any
@@ -63,7 +65,16 @@ class MembershipListener(Protocol):
 class Registry:
     """The local registry of one server."""
 
-    __slots__ = ("channels", "connections", "groups", "listener", "names", "sessions", "users")
+    __slots__ = (
+        "channels",
+        "connections",
+        "groups",
+        "listener",
+        "names",
+        "on_change",
+        "sessions",
+        "users",
+    )
 
     def __init__(self, listener: MembershipListener | None = None) -> None:
         self.connections: dict[Member, None] = {}
@@ -73,6 +84,9 @@ class Registry:
         self.names: dict[str, Member] = {}
         self.groups: dict[str, Members] = {}
         self.listener = listener
+        # Told when a connection comes, goes, joins or leaves a channel (the broker's
+        # directory of the cluster); None: no cost.
+        self.on_change: Callable[[Member], None] | None = None
 
     def __len__(self) -> int:
         return len(self.connections)
@@ -126,11 +140,15 @@ class Registry:
         key = (conn.user_id, conn.session_id)
         if _add_one(self.sessions, key, conn) and self.listener is not None:
             self.listener.first_member(Session(*key))
+        if self.on_change is not None:
+            self.on_change(conn)
 
     def remove(self, conn: Member) -> None:
         """Forget a connection everywhere (idempotent)."""
         if self.connections.pop(conn, _EMPTY) is not _EMPTY:
             self.unroute(conn)
+            if self.on_change is not None:
+                self.on_change(conn)
 
     def unroute(self, conn: Member) -> None:
         """Take a closing connection out of every destination; it still counts as open."""
@@ -166,6 +184,8 @@ class Registry:
             return False
         conn._channels.add(channel)
         self._put(self.channels, channel, conn, Channel)
+        if self.on_change is not None:
+            self.on_change(conn)
         return True
 
     def leave(self, conn: Member, channel: str) -> bool:
@@ -174,6 +194,8 @@ class Registry:
             return False
         conn._channels.discard(channel)
         self._drop(self.channels, channel, conn, Channel)
+        if self.on_change is not None:
+            self.on_change(conn)
         return True
 
     def join_group(self, conn: Member, group: str) -> bool:

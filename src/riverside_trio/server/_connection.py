@@ -1,14 +1,12 @@
 """One WebSocket connection: its state, its public API, callbacks and closing.
 
-The connection is three objects around one state: this :class:`Connection` (what handlers
-see, and the rules), its :class:`~._reader.Reader` (bytes in) and its
-:class:`~._writer.Writer` (frames out), over one transport (a plain socket, or any Trio
-stream: TLS, memory streams). The rules:
+Three objects around one state: this :class:`Connection` (what handlers see, the rules),
+its :class:`~._reader.Reader` (bytes in) and :class:`~._writer.Writer` (frames out), over
+one transport (a plain socket, or any Trio stream: TLS, memory streams). The rules:
 
 - One task per connection reads and runs ``init`` / ``handle_message`` / ``terminate``.
-- Side tasks (the writer, the ``handle_info`` runner, child tasks) run in the server's
-  nursery, each under a cancel scope of the connection's, cancelled when it ends: an
-  idle connection has no nursery of its own.
+- Side tasks (writer, ``handle_info`` runner, child tasks) run in the server's nursery under
+  a cancel scope of the connection's: an idle connection has no nursery of its own.
 - Callbacks never overlap: a gate (no lock on the fast path) orders ``init``,
   ``handle_message``, ``handle_info`` and ``terminate``.
 - Closing: the first close wins and fixes the TerminateReason; the connection leaves every
@@ -43,6 +41,7 @@ from ._transport import Transport
 from ._writer import Writer
 
 if TYPE_CHECKING:
+    from ..cluster import NameClaim
     from ..destinations import Destination
     from ..metrics import Metrics
     from ..wire.deflate import Inflater
@@ -77,8 +76,8 @@ class Connection:
     """An open WebSocket connection, as handler callbacks receive it.
 
     Every method is synchronous and never blocks: deliveries are encoded once and written
-    or queued at once. Attributes ``user_id``, ``session_id``, ``subprotocol`` and
-    ``request`` are fixed at the handshake; ``state`` is yours.
+    or queued at once. ``id`` (unique in the cluster), ``user_id``, ``session_id``,
+    ``subprotocol`` and ``request`` are fixed at the handshake; ``state`` is yours.
     """
 
     __slots__ = (
@@ -108,6 +107,7 @@ class Connection:
         "_side",
         "_transport",
         "_writer",
+        "id",
         "request",
         "session_id",
         "state",
@@ -129,6 +129,7 @@ class Connection:
         inflater: Inflater | None = None,
     ) -> None:
         self._core = core
+        self.id = core.connection_id()  # unique in the cluster
         self._transport = transport
         self.request = request
         self.user_id = user_id
@@ -262,18 +263,18 @@ class Connection:
         """Leave ``channel``; returns False if the connection was not a member."""
         return self._core.registry.leave(self, channel)
 
-    def register_name(self, name: str) -> None:
+    def register_name(self, name: str) -> NameClaim:
         """Hold the unique ``name``: ``server.send_info(name, info)`` reaches this connection.
 
-        The name is freed when the connection closes. Registering a name this connection
-        holds already does nothing.
+        The name is freed when the connection closes; registering it again does nothing.
+        With several nodes, ``await`` the returned :class:`NameClaim` for the cluster's answer.
 
         Raises:
             NameInUseError: another connection holds ``name``.
             ConnectionClosed: this connection is closing or closed.
         """
         self._check_member_name(name, "name")
-        self._core.registry.register_name(self, name)
+        return self._core.hub.register_name(self, name)
 
     def unregister_name(self, name: str) -> bool:
         """Free ``name``; False if this connection did not hold it."""

@@ -3,8 +3,11 @@ metrics, the cork, the memory budget and the server's nursery."""
 
 from __future__ import annotations
 
+import itertools
+import secrets
+import time
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import structlog
 import trio
@@ -18,6 +21,9 @@ from ..metrics import Metrics
 from ..wire.frames import Cork
 from ._admission import Admission
 from ._budget import MemoryBudget, Sheddable
+
+if TYPE_CHECKING:
+    from ..delivery.broker.redis import RedisBroker
 
 __all__ = ["Callbacks", "Core"]
 
@@ -84,6 +90,15 @@ class Core:
         self.has_terminate = "terminate" in overridden
         self._log_at: dict[str, float] = {}
         self._log_suppressed: dict[str, int] = {}
+        self.node_id = secrets.token_hex(8)  # 16 hex digits, unique in the cluster
+        self.started_at = time.time()
+        self._connection_ids = itertools.count(1)
+        # Several nodes (broker_url): the Redis broker, plugged into the registry and hub.
+        self.broker: RedisBroker | None = None
+
+    def connection_id(self) -> str:
+        """A new connection id, unique in the cluster: ``<node id>-<hex counter>``."""
+        return f"{self.node_id}-{next(self._connection_ids):x}"
 
     def warn(self, event: str, **fields: Any) -> None:
         """Log a warning at most once per LOG_INTERVAL per event, with how many were held."""

@@ -22,11 +22,13 @@ from typing import Any, cast
 import structlog
 import trio
 
+from ..cluster import ClusterView
 from ..config import Config
 from ..destinations import Channel, Destination, Group, Session, User
 from ..handler import Handler
 from ..metrics import Metrics
 from ._admission import Slot
+from ._cluster import attach_broker, cluster_view, leave_cluster
 from ._connection import Connection
 from ._core import Core
 from ._flusher import Flusher
@@ -77,6 +79,7 @@ class Server:
         )
         self._core = Core(handler, self.config, overridden=overridden)
         self._core.server = self
+        self._core.broker = attach_broker(self._core)
         self._listeners: list[socket.socket] = []
         self._shutdown = trio.Event()
         self._drained = trio.lowlevel.ParkingLot()
@@ -102,6 +105,20 @@ class Server:
             host = "127.0.0.1"
         scheme = "ws" if self.ssl_context is None else "wss"
         return f"{scheme}://{host}:{self.port}{self.config.path}"
+
+    @property
+    def node_id(self) -> str:
+        """This node's id in the cluster: 16 hex digits, new each time a server is made."""
+        return self._core.node_id
+
+    async def cluster_view(self) -> ClusterView:
+        """Every live node and its connections: from Redis with ``broker_url``, else this
+        node alone. A checkpoint; cancelling it leaves nothing behind.
+
+        Raises:
+            BrokerError: Redis cannot be reached.
+        """
+        return await cluster_view(self._core)
 
     @property
     def metrics(self) -> Metrics:
@@ -198,6 +215,8 @@ class Server:
             async with trio.open_nursery() as nursery:
                 self._core.nursery = nursery
                 nursery.start_soon(flusher.run)
+                if self._core.broker is not None:
+                    await nursery.start(self._core.broker.run)
                 for lsock in self._listeners:
                     nursery.start_soon(
                         accept_loop, lsock, nursery, self._handle, self._core.admission
@@ -233,6 +252,7 @@ class Server:
         with trio.move_on_after(self.config.drain_timeout):
             while len(core.registry) or core.handshakes:
                 await self._drained.park()
+        await leave_cluster(core)
 
     def _close_listeners(self) -> None:
         for lsock in self._listeners:
