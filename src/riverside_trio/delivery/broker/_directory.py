@@ -242,8 +242,7 @@ class Directory:
 
     async def _nodes(self) -> list[NodeInfo]:
         client = self.client
-        now = time.time()
-        ids = await client.zrangebyscore(self.nodes_key, int((now - self.ttl) * 1000), "+inf")
+        ids = await client.zrange(self.nodes_key, 0, -1)  # old ones: pruned, or expired below
         nodes = []
         for raw in ids:
             node_id = raw.decode()
