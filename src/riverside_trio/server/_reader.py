@@ -93,9 +93,9 @@ class Reader:
             if cfg.transmission_limit
             else None
         )
-        self._control_bucket = (
-            TokenBucket(cfg.control_frame_limit, 1.0, now) if cfg.control_frame_limit else None
-        )
+        # Made at the first ping or pong (full, as a bucket made now would be by then): a
+        # connection that sends none keeps one object less.
+        self._control_bucket: TokenBucket | None = None
 
     async def run(self) -> None:
         """Read, parse and dispatch until the connection is over."""
@@ -214,10 +214,17 @@ class Reader:
 
     def _over_control_limit(self) -> bool:
         """Take a token for a ping or pong; without one, close (1008) and say so."""
-        bucket = self._control_bucket
-        if bucket is None or self._conn._close_sent or bucket.take(trio.current_time()):
+        conn = self._conn
+        limit = conn._core.config.control_frame_limit
+        if not limit or conn._close_sent:
             return False
-        self._conn._close_for("too_many_control_frames", 1008)
+        now = trio.current_time()
+        bucket = self._control_bucket
+        if bucket is None:
+            bucket = self._control_bucket = TokenBucket(limit, 1.0, now)
+        if bucket.take(now):
+            return False
+        conn._close_for("too_many_control_frames", 1008)
         return True
 
     async def _control(self, kind: Literal["ping", "pong"], payload: bytes) -> None:

@@ -54,7 +54,7 @@ SENDS_PER_CHECKPOINT = 16
 class Writer:
     """The outbox of one connection and the task that drains it."""
 
-    __slots__ = ("_budget", "_conn", "_held", "_inflight", "_running", "outbox", "transport")
+    __slots__ = ("_conn", "_held", "_inflight", "_running", "outbox", "transport")
 
     def __init__(self, conn: Owner, transport: Transport) -> None:
         core = conn._core
@@ -63,7 +63,6 @@ class Writer:
         self.transport = transport
         fast = isinstance(transport, SocketTransport)
         tls = transport if isinstance(transport, TLSTransport) else None
-        self._budget = core.budget
         self.outbox = Outbox(
             transport.sock if fast else None,
             cfg.outbox_size,
@@ -132,14 +131,14 @@ class Writer:
     def _hold(self, data: bytes) -> memoryview:
         """The writer holds ``data`` until it is written: charge it to the budget."""
         self._held += len(data)
-        self._budget.charge(len(data))
+        self._conn._core.budget.charge(len(data))
         return memoryview(data)
 
     def _let_go(self, n: int) -> None:
         """``n`` held bytes were written or dropped."""
         if n:
             self._held -= n
-            self._budget.credit(n)
+            self._conn._core.budget.credit(n)
 
     def wake(self) -> None:
         """Something is queued: start the writer task unless it runs already."""
