@@ -29,6 +29,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import structlog
 import trio
 
@@ -63,10 +64,14 @@ log = structlog.get_logger("riverside_trio.broker")
 CHUNK = 2000  # channels per SUBSCRIBE / UNSUBSCRIBE command
 PIPELINE = 1000  # messages per pipeline
 FAN_OUT_BATCH = 1000  # incoming messages fanned out in one task step
+GATHER_STEPS = 8  # checkpoints a burst from Redis may take to arrive before it fans out
 HEARTBEAT_INTERVAL = 1.0  # seconds between heartbeats through Redis
 DEAF_AFTER = 5.0  # seconds without our own heartbeat back: the subscriber is deaf
 BACKOFF_MIN = 0.1  # seconds before the first reconnection attempt
 BACKOFF_MAX = 2.0  # seconds at most between attempts (jittered)
+
+
+_MESSAGE_TYPES = frozenset({"message", "smessage"})
 
 
 class _Deaf(Exception):
@@ -248,22 +253,33 @@ class RedisBroker:
                 await self._read(pubsub)
 
     async def _read(self, pubsub: Any) -> None:
+        """Forward what Redis sends to the fan-out, everything that is in one task step (so
+        the fan-out frames a burst in one step too: one write per client)."""
         send = self._in_send.send_nowait
         stats = self.stats
         node = self._node_channel
+        # What coredis has parsed already, without a checkpoint per message.
+        buffered = getattr(pubsub, "_receive_stream", None)
+        more = buffered.receive_nowait if buffered is not None else None
         while True:
             message = await pubsub.get_message()
-            if message is None:  # a filtered (un)subscribe acknowledgement
-                continue
-            channel = message["channel"]
-            if channel == node:
-                self.heartbeat_at = trio.current_time()
-                continue
-            try:
-                send((channel, message["data"]))
-            except trio.WouldBlock:
-                stats.dropped_incoming += 1
-                self._warn("broker_incoming_full", queue_size=stats.queue_size)
+            while True:
+                if message is not None and message["type"] in _MESSAGE_TYPES:
+                    channel = message["channel"]
+                    if channel == node:
+                        self.heartbeat_at = trio.current_time()
+                    else:
+                        try:
+                            send((channel, message["data"]))
+                        except trio.WouldBlock:
+                            stats.dropped_incoming += 1
+                            self._warn("broker_incoming_full", queue_size=stats.queue_size)
+                if more is None:
+                    break
+                try:
+                    message = more()
+                except anyio.WouldBlock:
+                    break
 
     async def _reconcile_loop(self, pubsub: Any) -> None:
         while True:
@@ -293,12 +309,24 @@ class RedisBroker:
     # ------------------------------------------------------------------ fan-out
 
     async def _fan_out(self) -> None:
-        """Incoming messages to local members; a batch per task step, so writes coalesce."""
+        """Incoming messages to local members; a batch per task step, so writes coalesce.
+
+        A burst from Redis reaches coredis over a few task steps: while the queue still
+        grows, let them run (a few checkpoints, no sleep), then fan out all of it in one.
+        """
         receive = self._in_recv.receive
         receive_nowait = self._in_recv.receive_nowait
+        statistics = self._in_recv.statistics
         while True:
             item = await receive()
-            for _ in range(FAN_OUT_BATCH - 1):
+            queued = statistics().current_buffer_used
+            for _ in range(GATHER_STEPS):
+                await trio.lowlevel.checkpoint()
+                now = statistics().current_buffer_used
+                if now == queued or now >= FAN_OUT_BATCH:
+                    break
+                queued = now
+            for _ in range(FAN_OUT_BATCH):
                 self._deliver_here(*item)
                 try:
                     item = receive_nowait()
