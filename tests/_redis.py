@@ -30,10 +30,26 @@ needs_redis = pytest.mark.skipif(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(below: int = 65536) -> int:
+    """A free loopback port under ``below``."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port < below:
+            return port
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = free_port(below=65536 - 10000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
 
 
 def command(port: int, *args: str | bytes | int, timeout: float = 5.0) -> Any:
@@ -87,11 +103,11 @@ def _wait_ping(port: int, proc: subprocess.Popen[bytes]) -> None:
 class RedisServer:
     """One redis-server on 127.0.0.1, its own directory and a free port."""
 
-    def __init__(self, *extra: str) -> None:
+    def __init__(self, *extra: str, port: int | None = None) -> None:
         if REDIS_SERVER is None:
             pytest.skip("redis-server is not installed")
         self.dir = tempfile.mkdtemp(prefix="redis-rt-")
-        self.port = free_port()
+        self.port = port if port is not None else free_port()
         self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -142,6 +158,7 @@ class RedisCluster:
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", "2000",
+                port=free_cluster_port(),
             )
             for _ in range(3)
         ]  # fmt: skip
