@@ -126,6 +126,45 @@ async def test_a_server_initiated_close_reaches_the_websockets_library(tls_certs
     assert handler.reasons == [TerminateReason("closed", 4003, "asked to")]
 
 
+async def _clean_eof(client: RawClient) -> bytes:
+    """Read to the end: what arrived. A TLS end without close_notify (a truncation, which
+    trio.SSLStream reports as BrokenResourceError) fails the test."""
+    got = bytes(client.buf)
+    while chunk := await client.stream.receive_some(65536):
+        got += chunk
+    return got
+
+
+@pytest.mark.parametrize("who", ["server", "client", "protocol-error", "http"])
+async def test_every_close_ends_tls_with_close_notify(tls_certs: Certs, who: str) -> None:
+    """The close frame (or HTTP response), then close_notify: never a truncated stream."""
+    handler = Echo()
+    with trio.fail_after(20):
+        async with running(handler, ssl_context=tls_certs.server_context(), **NO_TIMERS) as server:
+            client = await RawClient.connect(server, tls_certs.client_context())
+            try:
+                if who == "http":
+                    await client.send(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                    assert (await _clean_eof(client)).endswith(b"\r\n\r\nOK")
+                    return
+                assert (await client.upgrade())[0] == 101
+                if who == "server":
+                    await client.send(client_frame(OP_TEXT, b"close 4005"))
+                    assert await client.read_close() == (4005, "asked to")
+                    await client.send(client_frame(0x8, b"\x0f\xa5"))  # 4005, echoed
+                elif who == "client":
+                    await client.send(client_frame(0x8, b"\x03\xe8"))  # 1000
+                    assert await client.read_close() == (1000, "")
+                else:
+                    await client.send(client_frame(OP_TEXT, b"x", mask=False))
+                    assert (await client.read_close())[0] == 1002
+                assert await _clean_eof(client) == b""
+            finally:
+                await trio.aclose_forcefully(client.stream)
+            await handler.terminated.wait()
+    assert len(handler.reasons) == 1
+
+
 async def test_plain_http_and_a_protocol_error_over_tls(tls_certs: Certs) -> None:
     """/health answers over TLS; a protocol violation gets its close frame before TCP ends."""
     handler = Echo()
