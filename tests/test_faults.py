@@ -366,6 +366,7 @@ async def test_a_client_that_stops_reading_is_shed_and_nobody_else_notices(
     assert server.metrics.disconnects["slow_consumer"] == 1
     assert handler.reasons_of("fast") == [REMOTE_DROP]
     assert handler.reasons_of("echo") == [REMOTE_DROP]
+    assert server._core.budget.used == 0  # every queued (or, over TLS, pending) byte let go
 
 
 # ---------------------------------------------------------------- 2. flooding client
@@ -974,3 +975,4 @@ async def test_resets_during_delivery_are_absorbed() -> None:
         assert handler.reasons_of(f"v{k}") == [shed if kind == "shed" else REMOTE_DROP], kind
     bad = [e for e in logs if e["log_level"] in ("error", "critical", "exception")]
     assert bad == []
+    assert server._core.budget.used == 0

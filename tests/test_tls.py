@@ -87,6 +87,9 @@ async def test_trio_websocket_talks_over_wss(tls_certs: Certs) -> None:
                     await ws.get_message()
                 assert closed.value.reason.code == 4001
             await handler.terminated.wait()
+            # What was queued or pending (ciphertext) was charged to the memory budget, and
+            # everything was given back.
+            assert server._core.budget.used == 0
     assert handler.reasons == [TerminateReason("closed", 4001, "asked to")]
     assert handler.requests[0].query == {"user": "tw"}
 

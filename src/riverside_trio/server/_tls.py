@@ -15,6 +15,7 @@ from trio.lowlevel import wait_readable, wait_writable
 
 from ..config import Config
 from ..errors import ConfigError
+from ..wire.frames import Budget
 
 __all__ = ["TLSTransport", "make_ssl_context"]
 
@@ -99,6 +100,7 @@ class TLSTransport:
     """
 
     __slots__ = (
+        "_budget",
         "_early",
         "_eof",
         "_in",
@@ -125,10 +127,16 @@ class TLSTransport:
         """False until the TLS handshake is done: nothing can be written to the client."""
         self._early: bytes | None = None  # read while watching for a hang-up
         self._wake: Callable[[], None] | None = None
+        self._budget: Budget | None = None
 
-    def set_wake(self, wake: Callable[[], None]) -> None:
-        """``wake()`` is called when ciphertext is left over for the writer task."""
+    def attach(self, wake: Callable[[], None], budget: Budget) -> None:
+        """Join a connection's writer: ``wake()`` is called when ciphertext is left over
+        for the writer task, and the ciphertext pending from now on is charged to
+        ``budget`` (the node's memory budget) until it is sent or dropped."""
         self._wake = wake
+        self._budget = budget
+        if self.pending:
+            budget.charge(len(self.pending))
 
     # ------------------------------------------------------------------ the handshake
 
@@ -255,6 +263,15 @@ class TLSTransport:
         if out.pending:
             data = out.read()
             self.pending = self.pending + data if self.pending else data
+            if self._budget is not None:
+                self._budget.charge(len(data))
+
+    def drop_pending(self) -> None:
+        """The connection failed: let the pending ciphertext go (and its charge)."""
+        if self.pending:
+            if self._budget is not None:
+                self._budget.credit(len(self.pending))
+            self.pending = b""
 
     def send_pending(self) -> None:
         """One non-blocking send of the pending ciphertext.
@@ -268,6 +285,8 @@ class TLSTransport:
         except BlockingIOError:
             return
         self.pending = pending[n:] if n < len(pending) else b""
+        if self._budget is not None and n:
+            self._budget.credit(n)
 
     def _flush_nowait(self) -> int:
         """Move and send what TLS produced; 0, or a negative errno when the send failed.
@@ -278,7 +297,7 @@ class TLSTransport:
         try:
             self.send_pending()
         except OSError as exc:
-            self.pending = b""
+            self.drop_pending()
             return -(exc.errno or errno.EPIPE)
         if self.pending and self._wake is not None:
             self._wake()
@@ -312,7 +331,7 @@ class TLSTransport:
             try:
                 self.send_pending()
             except OSError:
-                self.pending = b""
+                self.drop_pending()
                 return False
             if self.pending:
                 await wait_writable(self.sock)
@@ -355,6 +374,7 @@ class TLSTransport:
 
     def close_now(self) -> None:
         """Close the socket at once (idempotent)."""
+        self.drop_pending()
         sock = self.sock
         if sock.fileno() != -1:
             trio.lowlevel.notify_closing(sock)

@@ -74,7 +74,7 @@ class Writer:
             sender=tls.send_plain if tls is not None else None,
         )
         if tls is not None:
-            tls.set_wake(self.wake)
+            tls.attach(self.wake, core.budget)
         self._running = False
         # Taken out of the outbox, not yet written: on the fast path what is left of the
         # batch (maybe a partly sent frame); on either path the close frame and what was
@@ -205,7 +205,7 @@ class Writer:
                     try:
                         transport.send_pending()
                     except OSError:
-                        transport.pending = b""
+                        transport.drop_pending()
                         self.close()
                         self._conn._lost()
                         return
