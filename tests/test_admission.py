@@ -10,11 +10,14 @@ settling (``wait_until``), never on sleeps; ``fail_after_real`` turns a hang int
 
 from __future__ import annotations
 
+import gc
+import os
 import re
 import shutil
 import socket
 import ssl
 import subprocess
+import tracemalloc
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -580,3 +583,66 @@ async def test_a_response_the_client_does_not_read_is_cut_off_and_frees_the_slot
             assert 0 < len(received) < 32 << 20
             await client.aclose()
             assert gauge(await scrape(server), "riverside_pending_handshakes_count") == 1
+
+
+def _riverside_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> int:
+    """Bytes more held by allocations made in riverside_trio's own code."""
+    return sum(
+        stat.size_diff
+        for stat in after.compare_to(before, "filename")
+        if "riverside_trio" in stat.traceback[0].filename
+    )
+
+
+CROWD = 100
+
+
+async def test_what_clients_send_before_the_handshake_leaves_nothing_behind(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """Distinct addresses, header names and values, refused and timed-out sockets: a second
+    crowd of such clients leaves the server holding no more than the first did (no cache
+    that clients fill; the tables it has are bounded by the caps). A cache of header values
+    would hold some 30 KiB more here."""
+    handler = EchoHandler()
+    stalled: list[trio.SocketStream] = []
+
+    async def crowd(server: Server) -> None:
+        for i in range(CROWD):
+            source = f"127.0.1.{i + 1}"
+            client = RawClient(await connect_from(server, source))
+            value = os.urandom(24).hex()
+            head = upgrade_request(headers={f"X-Junk-{value[:8]}": value, "X-V": value})
+            await client.send(head)
+            assert (await client.read_head())[0] == 101
+            await client.aclose()
+            stream = await connect_from(server, source)  # pending until the deadline
+            await stream.send_all(HALF_A_HEAD)
+            stalled.append(stream)
+            refused = await connect_from(server, source)  # over its address's cap
+            assert await received_until_eof(refused) == b""
+            await refused.aclose()
+        mock_clock.jump(server.config.handshake_timeout)
+        for stream in stalled:
+            await received_until_eof(stream)  # the 408, then the close
+            await stream.aclose()
+        stalled.clear()
+        await wait_until(lambda: server.metrics.pending_handshakes == 0)
+        await wait_until(lambda: server.connection_count == 0)
+        handler.requests.clear()
+        gc.collect()
+
+    with fail_after_real(120):
+        async with running(handler, max_pending_per_address=1, **NO_TIMERS) as server:
+            tracemalloc.start()
+            try:
+                await crowd(server)
+                first = tracemalloc.take_snapshot()
+                await crowd(server)
+                second = tracemalloc.take_snapshot()
+            finally:
+                tracemalloc.stop()
+            assert server.metrics.refused_sockets["pending_per_address"] == 2 * CROWD
+            assert server._core.admission.addresses == 0
+            growth = _riverside_growth(first, second)
+            assert growth < 2048, f"{growth} bytes more held after {CROWD} more clients"
