@@ -29,7 +29,7 @@ class BrokerStats:
 
     Attributes:
         published: messages sent to Redis (each once, for every other node).
-        received: messages from other nodes fanned out here.
+        received: messages from other nodes fanned out here (in fan_out_batches task steps).
         echoes: our own messages that came back (dropped: we delivered them locally).
         dropped_outgoing: messages not published because the outgoing queue was full.
         dropped_unreachable: messages not published because Redis was unreachable (queued
@@ -45,6 +45,7 @@ class BrokerStats:
         self._broker = broker
         self.published = 0
         self.received = 0
+        self.fan_out_batches = 0  # task steps the incoming messages were fanned out in
         self.echoes = 0
         self.dropped_outgoing = 0
         self.dropped_unreachable = 0

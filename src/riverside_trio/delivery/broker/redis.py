@@ -64,7 +64,8 @@ log = structlog.get_logger("riverside_trio.broker")
 CHUNK = 2000  # channels per SUBSCRIBE / UNSUBSCRIBE command
 PIPELINE = 1000  # messages per pipeline
 FAN_OUT_BATCH = 1000  # incoming messages fanned out in one task step
-GATHER_STEPS = 8  # checkpoints a burst from Redis may take to arrive before it fans out
+GATHER_STEPS = 64  # checkpoints a burst from Redis may take to arrive before it fans out
+GATHER_PATIENCE = 4  # checkpoints in a row without a new message end the gathering
 HEARTBEAT_INTERVAL = 1.0  # seconds between heartbeats through Redis
 DEAF_AFTER = 5.0  # seconds without our own heartbeat back: the subscriber is deaf
 BACKOFF_MIN = 0.1  # seconds before the first reconnection attempt
@@ -319,11 +320,16 @@ class RedisBroker:
         statistics = self._in_recv.statistics
         while True:
             item = await receive()
+            self.stats.fan_out_batches += 1
             queued = statistics().current_buffer_used
+            idle = 0
             for _ in range(GATHER_STEPS):
                 await trio.lowlevel.checkpoint()
                 now = statistics().current_buffer_used
-                if now == queued or now >= FAN_OUT_BATCH:
+                if now >= FAN_OUT_BATCH:
+                    break
+                idle = idle + 1 if now == queued else 0
+                if idle == GATHER_PATIENCE:
                     break
                 queued = now
             for _ in range(FAN_OUT_BATCH):
