@@ -109,7 +109,9 @@ class NameClaim:
     claim to learn whether it is yours in the whole cluster: it raises ``NameInUseError``
     if a connection on another node holds it (the name is then released here, and the
     connection also gets :class:`NameLost`). Without a broker the claim is settled already.
-    Not awaiting it is fine: the outcome is the same, only unobserved.
+    While Redis is unreachable the answer waits for it to come back (guard the ``await``
+    with a timeout if you cannot wait). Not awaiting it is fine: the outcome is the same,
+    only unobserved.
     """
 
     __slots__ = ("_done", "_error", "_waiters", "name")
