@@ -173,3 +173,20 @@ async def test_a_node_killed_with_sigkill_vanishes_and_frees_its_names(
                     assert command(redis.port, "EXISTS", f"{prefix}:name:w") == 0
                     assert await ask(here, {"register": "w"}) == {"register": "w", "ok": True}
                     nursery.cancel_scope.cancel()
+
+
+async def test_a_graceful_shutdown_removes_the_node_and_frees_its_names_at_once(
+    redis: RedisServer,
+) -> None:
+    async with nodes(redis.url) as (a, b):
+        prefix = b.config.broker_prefix
+        async with ws_open(b.url + "?user=leaving") as ws:
+            assert await ask(ws, {"register": "job"}) == {"register": "job", "ok": True}
+            await wait_for(lambda: broker(b).directory.cluster_nodes == 2, "both nodes seen")
+            b.shutdown()
+            with trio.fail_after(30):
+                await b.wait_stopped()
+        # at once, not after broker_ttl (15 s): the entries and the name are gone
+        assert command(redis.port, "EXISTS", f"{prefix}:name:job") == 0
+        assert command(redis.port, "EXISTS", f"{prefix}:node:{b.node_id}:info") == 0
+        assert [n.node_id for n in (await a.cluster_view()).nodes] == [a.node_id]

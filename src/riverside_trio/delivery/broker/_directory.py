@@ -234,9 +234,11 @@ class Directory:
             pipe.delete([self.info_key])
             pipe.delete([self.conns_key])
             pipe.zrem(self.nodes_key, [self.broker.node_id])
-        for name, (holder, _member) in list(self.names.items()):
-            await self._release(keys=[self._name_key(name)], args=[holder])
+        releases = self._releases + [(name, entry[0]) for name, entry in self.names.items()]
+        self._releases = []
         self.names.clear()
+        for name, holder in releases:
+            await self._release(keys=[self._name_key(name)], args=[holder])
 
     # ------------------------------------------------------------------ reading
 
