@@ -2,6 +2,8 @@
 
 Compiled hot path: tests marked ``c_extension`` run against ``riverside_trio._frames_c``;
 ``pytest --no-c-extensions`` skips them (the pure-Python twin is still tested).
+``pytest --no-poller`` runs every server on Trio's ``wait_readable`` instead of its own
+edge-triggered poller (the fallback where there is no epoll).
 """
 
 from __future__ import annotations
@@ -21,6 +23,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="skip the tests of the compiled hot path (marker c_extension)",
     )
+    parser.addoption(
+        "--no-poller",
+        action="store_true",
+        default=False,
+        help="run every server without its edge-triggered poller (Trio's wait_readable, as "
+        "where there is no epoll); the poller's own tests are skipped",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--no-poller"):
+        from riverside_trio.server import _poller
+
+        _poller.AVAILABLE = False
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -100,6 +100,7 @@ def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
         (["--ping-timeout", "off"], "ping_timeout (from --ping-timeout): expected a number"),
         (["--max-connections", "0"], "max_connections (from --max-connections): must be"),
         (["--log-level", "trace"], "log_level (from --log-level): must be one of"),
+        (["--poller", "epoll"], "poller (from --poller): must be one of"),
         (["--path", "ws"], "path (from --path): must be a URL path starting with '/'"),
         (["--allowed-origin", "https://a.example/x"], "allowed_origins (from --allowed-origin)"),
         (["--trusted-proxy", "lb.local"], "trusted_proxies (from --trusted-proxy): 'lb.local'"),
@@ -184,6 +185,8 @@ def test_flags_override_toml_and_environment(
         "16",
         "--log-format",
         "json",
+        "--poller",
+        "trio",
     ]
     status, _ = run_main(capsys, *argv)
     assert status == 0
@@ -198,6 +201,7 @@ def test_flags_override_toml_and_environment(
     assert config.trusted_proxies == ("10.0.0.0/8", "192.168.0.1/32")
     assert config.max_pending_per_address == 16
     assert config.log_format == "json"
+    assert config.poller == "trio"
     assert config.path == "/ws"  # default
 
 

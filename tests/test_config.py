@@ -33,6 +33,7 @@ def test_defaults() -> None:
     assert (config.ping_interval, config.ping_timeout) == (30.0, 20.0)
     assert (config.close_timeout, config.drain_timeout, config.terminate_timeout) == (5, 10, 5)
     assert config.invalid_message == "ignore"
+    assert config.poller == "auto"
     assert config.allowed_origins is None
     assert (config.health_path, config.metrics_path) == ("/health", "/metrics")
     assert (config.log_format, config.log_level) == ("console", "info")
@@ -103,6 +104,7 @@ BAD_VALUES: dict[str, list[object]] = {
     "terminate_timeout": [0, None],
     "invalid_message": ["drop", "CLOSE", None, 1],
     "outbox_policy": ["drop", "CLOSE", None, "oldest"],
+    "poller": ["epoll", "AUTO", None, True],
     "allowed_origins": [
         "https://example.com",  # a bare string, not a list of origins
         [],
@@ -387,8 +389,10 @@ def test_env_numbers_and_choices() -> None:
         "RIVERSIDE_TRANSMISSION_PERIOD": "0.5",
         "RIVERSIDE_INVALID_MESSAGE": "close",
         "RIVERSIDE_LOG_FORMAT": "JSON",
+        "RIVERSIDE_POLLER": "trio",
     }
     config = load_config(env=env)
+    assert config.poller == "trio"
     assert config.max_connections == 20_000
     assert config.transmission_period == 0.5
     assert config.invalid_message == "close"

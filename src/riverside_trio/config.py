@@ -142,6 +142,9 @@ class Config:
             context); a compressed message may not inflate past max_message_size (1009).
         invalid_message: What to do with a message the codec cannot decode: "ignore" it
             (counted in the metrics) or "close" the connection (1003 or 1007).
+        poller: How plain-TCP connections wait for data: "auto" (on Linux an edge-triggered
+            epoll of the server's own, each socket registered once; elsewhere Trio's
+            wait_readable) or "trio" (always Trio's wait_readable).
         allowed_origins: Origins allowed to open a WebSocket, each exactly
             "scheme://host[:port]" (compared lowercased); None ("off") allows any Origin.
         health_path: URL path answering plain HTTP health checks; starts with "/".
@@ -206,6 +209,7 @@ class Config:
     # behaviour
     permessage_deflate: bool = False
     invalid_message: Literal["ignore", "close"] = "ignore"
+    poller: Literal["auto", "trio"] = "auto"
     allowed_origins: tuple[str, ...] | None = None
     health_path: str = _setting("/health", url_path=True)
     metrics_path: str | None = _setting("/metrics", url_path=True)

@@ -21,6 +21,7 @@ from ..metrics import Metrics
 from ..wire.frames import Cork
 from ._admission import Admission
 from ._budget import MemoryBudget, Sheddable
+from ._poller import Poller
 
 if TYPE_CHECKING:
     from ..delivery.broker.redis import RedisBroker
@@ -84,6 +85,9 @@ class Core:
         # Direct writes wait until the reader parks or the flusher runs (_flusher.py), so
         # a burst of deliveries leaves in one send per client.
         self.cork = Cork()
+        # The edge-triggered readiness of the fast path (Server.serve makes it on Linux
+        # unless poller = "trio"; None: readers use Trio's wait_readable).
+        self.poller: Poller | None = None
         self.close_on_overflow = config.outbox_policy == "close"
         self.custom_authenticate = "authenticate" in overridden
         self.wants_control = "handle_control" in overridden

@@ -1,12 +1,13 @@
 """The reading half of a connection: bytes in, events out, handler called.
 
 The read loop awaits as little as it can. Over a plain socket (and over TLS on one) it
-tries a non-blocking ``recv`` first, parks on ``wait_readable`` only after a read that
-drained the socket (or EAGAIN), and checkpoints once it has read
-``READ_BYTES_PER_CHECKPOINT`` bytes without a park; over a stream each read is a
-``receive_some``. Either way the bytes go to the
-compiled frame parser and each event to the connection's rules, and the loop yields to
-other tasks after ``EVENTS_PER_CHECKPOINT`` events of one burst: one client's flood gets
+tries a non-blocking ``recv`` first, parks only after a read that drained the socket (or
+EAGAIN): a plain socket on the server's edge-triggered poller (``_poller.py``), else on
+Trio's ``wait_readable``; before it parks it flushes the cork (what its burst sent leaves
+in one ``send`` per client). It checkpoints once it has read ``READ_BYTES_PER_CHECKPOINT``
+bytes without a park; over a stream each read is a ``receive_some``. Either way the bytes
+go to the compiled frame parser and each event to the connection's rules, and the loop
+yields to other tasks after ``EVENTS_PER_CHECKPOINT`` events of one burst: one client's flood gets
 a bounded share of each wake-up (64 KiB of input or 64 frames), never the scheduler.
 
 Pings and pongs count against ``control_frame_limit`` (a token bucket refilled over one
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import structlog
 import trio
-from trio.lowlevel import checkpoint, wait_readable
+from trio.lowlevel import checkpoint, current_task, wait_readable, wait_task_rescheduled
 
 from .._values import ControlFrame
 from ..errors import ProtocolError
@@ -109,6 +110,12 @@ class Reader:
         metrics = conn._core.metrics
         handler = conn._core.handler
         cork = conn._core.cork  # flushed before every park: what this step held back leaves
+        # The plain socket waits on the server's edge-triggered poller (registered once),
+        # or on Trio's wait_readable when there is none (poller = "trio", not Linux; TLS).
+        watch = None
+        if isinstance(transport, SocketTransport) and (poller := conn._core.poller) is not None:
+            watch = transport.watch = poller.register(transport.sock)
+        task = current_task()
         # Nothing came with the handshake: wait for data (TLS may hold some decrypted).
         drained = not parser.buffered and tls is None
         taken = 0  # bytes read since the last park or checkpoint
@@ -187,10 +194,17 @@ class Reader:
             else:
                 while True:
                     if drained:
-                        taken = 0
-                        events = 0
-                        _flush(cork)
-                        await wait_readable(sock)
+                        if watch is not None and watch.ready:
+                            watch.ready = False  # readable again since the last read
+                        else:
+                            taken = 0
+                            events = 0
+                            _flush(cork)
+                            if watch is None:
+                                await wait_readable(sock)
+                            else:
+                                watch.task = task  # parked until the poller wakes it
+                                await wait_task_rescheduled(watch)
                     elif taken >= READ_BYTES_PER_CHECKPOINT:
                         taken = 0
                         events = 0

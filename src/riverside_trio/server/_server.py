@@ -27,6 +27,7 @@ from ..config import Config
 from ..destinations import Channel, Destination, Group, Session, User
 from ..handler import Handler
 from ..metrics import Metrics
+from . import _poller
 from ._admission import Slot
 from ._cluster import attach_broker, cluster_view, leave_cluster
 from ._connection import Connection
@@ -34,6 +35,7 @@ from ._core import Core
 from ._flusher import Flusher
 from ._frontdoor import handle_request
 from ._listener import accept_loop, open_listeners
+from ._poller import Poller
 from ._sweeper import sweep
 from ._tls import make_ssl_context
 from ._transport import SocketTransport, StreamTransport, TLSTransport, Transport
@@ -211,10 +213,14 @@ class Server:
         cork = self._core.cork
         flusher = Flusher(cork)
         cork.active = True
+        poller = Poller() if self.config.poller == "auto" and _poller.AVAILABLE else None
+        self._core.poller = poller
         try:
             async with trio.open_nursery() as nursery:
                 self._core.nursery = nursery
                 nursery.start_soon(flusher.run)
+                if poller is not None:
+                    nursery.start_soon(poller.run)
                 if self._core.broker is not None:
                     await nursery.start(self._core.broker.run)
                 for lsock in self._listeners:
@@ -237,6 +243,9 @@ class Server:
         finally:
             cork.active = False  # every connection has ended and sent its own queue
             cork.wake = None
+            if poller is not None:
+                self._core.poller = None
+                poller.close()
             self._close_listeners()
             self._stopped.set()
             log.info("stopped", port=self.port)

@@ -27,6 +27,7 @@ import socket
 import trio
 from trio.lowlevel import wait_readable, wait_writable
 
+from ._poller import Watch
 from ._tls import TLSTransport
 
 __all__ = ["RECV_SIZE", "SocketTransport", "StreamTransport", "TLSTransport", "Transport"]
@@ -39,13 +40,16 @@ _STREAM_CLOSE_TIMEOUT = 1.0
 class SocketTransport:
     """A non-blocking plain TCP socket (the fast path)."""
 
-    __slots__ = ("sock",)
+    __slots__ = ("sock", "watch")
 
     stream: None = None
     secure_channel_up = True  # nothing to set up: bytes can be written at once
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        # Its registration with the server's poller, while the reader uses one: removed
+        # before the socket is closed, however the connection ends.
+        self.watch: Watch | None = None
 
     async def handshake(self) -> bool:
         """Nothing to do on a plain socket: True. Not a checkpoint."""
@@ -109,7 +113,11 @@ class SocketTransport:
         self.close_now()
 
     def close_now(self) -> None:
-        """Close the socket at once (idempotent)."""
+        """Close the socket at once (idempotent); unregistered from the poller first."""
+        watch = self.watch
+        if watch is not None:
+            self.watch = None
+            watch.unregister()
         sock = self.sock
         if sock.fileno() != -1:
             trio.lowlevel.notify_closing(sock)
