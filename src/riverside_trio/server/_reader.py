@@ -193,23 +193,23 @@ class Reader:
                 data = await transport.receive()  # always a checkpoint
             else:
                 while True:
-                    if drained:
-                        if watch is not None and watch.ready:
-                            watch.ready = False  # readable again since the last read
+                    # Drained, unless the poller saw the socket readable since the last read.
+                    if drained and (watch is None or not watch.ready):
+                        taken = 0
+                        events = 0
+                        _flush(cork)
+                        if watch is None:
+                            await wait_readable(sock)
                         else:
-                            taken = 0
-                            events = 0
-                            _flush(cork)
-                            if watch is None:
-                                await wait_readable(sock)
-                            else:
-                                watch.task = task  # parked until the poller wakes it
-                                await wait_task_rescheduled(watch)
+                            watch.task = task  # parked until the poller wakes it
+                            await wait_task_rescheduled(watch)
                     elif taken >= READ_BYTES_PER_CHECKPOINT:
                         taken = 0
                         events = 0
                         _flush(cork)
                         await checkpoint()
+                    if watch is not None:
+                        watch.ready = False  # readiness seen after this read is news
                     try:
                         data = sock.recv(RECV_SIZE)
                     except BlockingIOError:
