@@ -17,7 +17,11 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.list cimport PyList_Append
-from cpython.unicode cimport PyUnicode_DecodeUTF8, PyUnicode_DecodeUTF8Stateful
+from cpython.unicode cimport (
+    PyUnicode_AsUTF8AndSize,
+    PyUnicode_DecodeUTF8,
+    PyUnicode_DecodeUTF8Stateful,
+)
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, realloc
@@ -552,6 +556,31 @@ cdef class Outbox:
         if type(frame) is not bytes:
             raise TypeError(_wrong_frame(frame))
         return self._push(<bytes>frame)
+
+    @cython.always_allow_keywords(False)  # METH_O, as in the twin
+    def push_message(self, payload):
+        """Frame ``payload`` as one whole message and push it: ``push(encode_frame(OP_TEXT,
+        payload.encode("utf-8")))`` for a ``str``, ``push(encode_frame(OP_BINARY, payload))``
+        for ``bytes``, in one call (the common case of ``Connection.send``).
+
+        Returns:
+            What ``push`` returns.
+
+        Raises:
+            TypeError: ``payload`` is neither ``str`` nor ``bytes`` (subclasses neither).
+            UnicodeEncodeError: ``payload`` is not valid UTF-8 (a lone surrogate).
+        """
+        cdef const char *src
+        cdef Py_ssize_t n
+        cdef bytes frame
+        if type(payload) is str:
+            src = PyUnicode_AsUTF8AndSize(payload, &n)  # UnicodeEncodeError: surrogates
+            frame = _build_frame(0x81, src, n)
+        elif type(payload) is bytes:
+            frame = _build_frame(0x82, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload))
+        else:
+            raise TypeError(f"payload must be str or bytes, not {type(payload).__name__}")
+        return self._push(frame)
 
     cdef int _push(self, bytes frame) except -1:
         cdef Py_ssize_t n, sent, live

@@ -79,7 +79,14 @@ class Hub:
         Raises:
             CodecError: the codec refused the object, or returned neither str nor bytes.
         """
-        payload = self.codec.encode(obj)
+        return self.as_payload(self.codec.encode(obj))
+
+    def as_payload(self, payload: object) -> tuple[bytes, bool]:
+        """What the codec returned as (payload bytes, is text), as :meth:`payload` does.
+
+        Raises:
+            CodecError: neither str (valid UTF-8) nor bytes-like.
+        """
         if isinstance(payload, str):
             try:
                 return payload.encode("utf-8"), True
@@ -94,7 +101,15 @@ class Hub:
 
     def encode(self, obj: Any) -> tuple[bytes, bool]:
         """Encode and frame ``obj`` once, for any number of recipients: (frame, is text)."""
-        data, text = self.payload(obj)
+        return self.framed(self.codec.encode(obj))
+
+    def framed(self, payload: object) -> tuple[bytes, bool]:
+        """Frame what the codec returned: (frame, is text).
+
+        Raises:
+            CodecError: neither str (valid UTF-8) nor bytes-like.
+        """
+        data, text = self.as_payload(payload)
         return encode_frame(OP_TEXT if text else OP_BINARY, data), text
 
     def compressed_frame(self, data: bytes, text: bool) -> bytes:

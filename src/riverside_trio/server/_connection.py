@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import structlog
 import trio
-from trio.lowlevel import ParkingLot
 
 from .._values import AuthRequest, TaskFailed, TaskResult, TerminateReason
 from ..destinations import Channel, Session, User
-from ..errors import CloseConnection, ConnectionClosed
+from ..errors import CodecError, ConnectionClosed
 from ..wire.frames import PUSH_FULL, PUSH_QUEUED, encode_close
+from ._gate import Gate
 from ._mailbox import Mailbox
 from ._reader import Reader
 from ._tasks import SideTasks
@@ -72,7 +72,7 @@ class ServerView(Protocol):
     ) -> int: ...
 
 
-class Connection:
+class Connection(Gate):
     """An open WebSocket connection, as handler callbacks receive it.
 
     Every method is synchronous and never blocks: deliveries are encoded once and written
@@ -89,8 +89,6 @@ class Connection:
         "_close_sent",
         "_core",
         "_ended",
-        "_gate_busy",
-        "_gate_lot",
         "_groups",
         "_inflater",
         "_info_task",
@@ -102,7 +100,6 @@ class Connection:
         "_outbox",
         "_ping_sent_at",
         "_reader",
-        "_reason",
         "_scope",
         "_side",
         "_transport",
@@ -128,6 +125,7 @@ class Connection:
         leftover: bytes,
         inflater: Inflater | None = None,
     ) -> None:
+        super().__init__()  # the callback gate
         self._core = core
         self.id = core.connection_id()  # unique in the cluster
         self._transport = transport
@@ -152,10 +150,7 @@ class Connection:
         self._ping_sent_at: float | None = None
         self._close_sent = False
         self._close_deadline: float | None = None
-        self._reason: TerminateReason | None = None
         self._aborted = False
-        self._gate_busy = False
-        self._gate_lot: ParkingLot | None = None  # made when two callbacks first contend
         self._infos: Mailbox | None = None  # made on the first send_info
         self._info_task = False
         self._scope: trio.CancelScope | None = None  # the reading task's, for _abort
@@ -217,13 +212,21 @@ class Connection:
         """
         if self._close_sent or self._outbox.closed:
             raise ConnectionClosed(*self._closed_args())
-        hub = self._core.hub
-        if self._inflater is None:
-            frame, text = hub.encode(obj)
+        core = self._core
+        if self._inflater is not None:
+            data, text = core.hub.payload(obj)
+            status = self._outbox.push(core.hub.compressed_frame(data, text))
         else:
-            data, text = hub.payload(obj)
-            frame = hub.compressed_frame(data, text)
-        status = self._outbox.push(frame)
+            payload = obj if type(obj) in core.passthrough else core.codec.encode(obj)
+            if type(payload) is str or type(payload) is bytes:
+                try:  # the common case: framed and pushed in one compiled call
+                    status = self._outbox.push_message(payload)
+                except UnicodeEncodeError as exc:
+                    raise CodecError(f"text is not valid UTF-8: {exc}") from None
+                text = type(payload) is str
+            else:
+                frame, text = core.hub.framed(payload)
+                status = self._outbox.push(frame)
         if status <= PUSH_QUEUED:
             if text:
                 self._core.metrics.outgoing_text += 1
@@ -552,49 +555,3 @@ class Connection:
                 await self._callback(handler.handle_info, info, self)
         finally:
             self._info_task = False
-
-    # ------------------------------------------------------------------ callbacks
-
-    async def _callback(self, fn: Any, *args: Any, failed: str = "internal_error") -> bool:
-        """Run one handler callback, never overlapping another; False if it failed."""
-        if self._gate_busy:
-            await self._gate_enter()
-        else:
-            self._gate_busy = True
-        try:
-            await fn(*args)
-        except CloseConnection as exc:
-            try:
-                self._initiate_close(exc.code, exc.reason, "stop")
-            except ValueError:
-                log.error("bad_close_code", code=exc.code, user_id=self.user_id)
-                self._close_for("internal_error", 1011)
-            return False
-        except Exception as exc:
-            if isinstance(exc, ConnectionClosed) and self._close_sent:
-                return False  # this connection is closing: the handler's send ended quietly
-            log.exception(
-                "handler_failed",
-                callback=getattr(fn, "__name__", repr(fn)),
-                user_id=self.user_id,
-                session_id=self.session_id,
-            )
-            if not self._close_sent:
-                self._reason = TerminateReason(failed, 1011, failed)
-            self._close_for(failed, 1011)
-            return False
-        finally:
-            self._gate_exit()
-        return True
-
-    async def _gate_enter(self) -> None:
-        while self._gate_busy:
-            if self._gate_lot is None:
-                self._gate_lot = ParkingLot()
-            await self._gate_lot.park()
-        self._gate_busy = True
-
-    def _gate_exit(self) -> None:
-        self._gate_busy = False
-        if self._gate_lot:
-            self._gate_lot.unpark()

@@ -13,7 +13,7 @@ import structlog
 import trio
 
 from .._values import Accept, AuthRequest, ControlFrame, HTTPRequest, HTTPResponse, TerminateReason
-from ..codecs import check_codec
+from ..codecs import RawBinaryCodec, RawCodec, RawTextCodec, check_codec
 from ..config import Config
 from ..delivery.hub import Hub
 from ..delivery.registry import Registry
@@ -44,6 +44,12 @@ class Callbacks(Protocol):
 
 log = structlog.get_logger("riverside_trio.delivery")
 
+_PASSTHROUGH: dict[type, frozenset[type]] = {
+    RawCodec: frozenset({str, bytes}),
+    RawTextCodec: frozenset({str}),
+    RawBinaryCodec: frozenset({bytes}),
+}
+
 LOG_INTERVAL = 1.0  # seconds: repeated warnings are logged at most this often, with a count
 
 
@@ -58,6 +64,8 @@ class Core:
         self.codec = check_codec(getattr(handler, "codec", None))
         self.accepts_text = "text" in self.codec.accepts
         self.accepts_binary = "binary" in self.codec.accepts
+        # Objects the codec passes through unchanged: conn.send frames them without a call.
+        self.passthrough: frozenset[type] = _PASSTHROUGH.get(type(self.codec), frozenset())
         self.registry = registry = Registry()
         self.metrics = Metrics(
             registry.__len__,

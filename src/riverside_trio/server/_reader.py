@@ -65,7 +65,11 @@ class Rules(Protocol):
     _activity: bool
     _ping_sent_at: float | None
 
+    _gate_busy: bool
+
     async def _callback(self, fn: Any, *args: Any, failed: str = ...) -> bool: ...
+    def _callback_failed(self, exc: Exception, fn: Any, failed: str = ...) -> bool: ...
+    def _gate_exit(self) -> None: ...
     def _push_ping_or_pong(self, frame: bytes) -> None: ...
     def _on_close(self, code: int, reason: str) -> None: ...
     def _fail(self, code: int, reason: str, kind: str) -> None: ...
@@ -116,6 +120,12 @@ class Reader:
         if isinstance(transport, SocketTransport) and (poller := conn._core.poller) is not None:
             watch = transport.watch = poller.register(transport.sock)
         task = current_task()
+        # The lean path of a message: no token bucket, a frame type the codec takes, and a
+        # codec that passes it through (raw codecs) or is called directly.
+        core = conn._core
+        lean_text = self._bucket is None and core.accepts_text
+        lean_binary = self._bucket is None and core.accepts_binary
+        raw = bool(core.passthrough)  # raw codecs decode what they accept as it is
         # Nothing came with the handshake: wait for data (TLS may hold some decrypted).
         drained = not parser.buffered and tls is None
         taken = 0  # bytes read since the last park or checkpoint
@@ -133,9 +143,26 @@ class Reader:
                     if kind <= EV_BINARY:  # EV_TEXT, EV_BINARY
                         if conn._close_sent:
                             continue  # closing: data is dropped until the client's close
-                        msg = self._accept_message(kind == EV_TEXT, event[1])
-                        if msg is not _SKIP:
+                        if lean_text if kind == EV_TEXT else lean_binary:
+                            if kind == EV_TEXT:
+                                metrics.incoming_text += 1
+                            else:
+                                metrics.incoming_binary += 1
+                            msg = event[1] if raw else self._decode(event[1])
+                        else:
+                            msg = self._accept_message(kind == EV_TEXT, event[1])
+                        if msg is _SKIP:
+                            continue
+                        if conn._gate_busy:
                             await conn._callback(handler.handle_message, msg, conn)
+                            continue
+                        conn._gate_busy = True  # the callback gate, its free case inlined
+                        try:
+                            await handler.handle_message(msg, conn)
+                        except Exception as exc:
+                            conn._callback_failed(exc, handler.handle_message)
+                        finally:
+                            conn._gate_exit()
                     elif kind <= EV_BINARY_DEFLATED:  # a compressed message
                         if conn._close_sent:
                             continue
@@ -277,6 +304,12 @@ class Reader:
         if not (core.accepts_text if text else core.accepts_binary):
             self._invalid("wrong_type", 1003)
             return _SKIP
+        return self._decode(payload)
+
+    def _decode(self, payload: Any) -> Any:
+        """The codec's decoding of one message; _SKIP (counted) if it fails."""
+        conn = self._conn
+        core = conn._core
         try:
             return core.codec.decode(payload)
         except Exception as exc:

@@ -13,11 +13,14 @@ from typing import Any, Final, final
 from ._budget_py import Budget
 from ._encode_py import (
     _SEND_FLAGS,
+    OP_BINARY,
+    OP_TEXT,
     PUSH_CLOSED,
     PUSH_FULL,
     PUSH_QUEUED,
     PUSH_SENT,
     _as_ssize,
+    encode_frame,
 )
 
 __all__ = ["Cork", "Outbox", "fan_out"]
@@ -209,6 +212,26 @@ class Outbox:
             raise TypeError(
                 f"Argument 'frame' has incorrect type (expected bytes, got {type(frame).__name__})"
             )
+        return self._push(frame)
+
+    def push_message(self, payload: str | bytes, /) -> int:
+        """Frame ``payload`` as one whole message and push it: ``push(encode_frame(OP_TEXT,
+        payload.encode("utf-8")))`` for a ``str``, ``push(encode_frame(OP_BINARY, payload))``
+        for ``bytes``, in one call (the common case of ``Connection.send``).
+
+        Returns:
+            What ``push`` returns.
+
+        Raises:
+            TypeError: ``payload`` is neither ``str`` nor ``bytes`` (subclasses neither).
+            UnicodeEncodeError: ``payload`` is not valid UTF-8 (a lone surrogate).
+        """
+        if type(payload) is str:
+            frame = encode_frame(OP_TEXT, payload.encode("utf-8"))
+        elif type(payload) is bytes:
+            frame = encode_frame(OP_BINARY, payload)
+        else:
+            raise TypeError(f"payload must be str or bytes, not {type(payload).__name__}")
         return self._push(frame)
 
     def _push(self, frame: bytes) -> int:
