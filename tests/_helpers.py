@@ -163,12 +163,19 @@ async def running(
     settings.setdefault("port", 0)
     config = Config(**settings)
     serve = partial(riverside_trio.serve, ssl_context=ssl_context)
+    clock = trio.lowlevel.current_clock()
     async with trio.open_nursery() as nursery:
         server: Server = await nursery.start(serve, handler, config)
         try:
             yield server
         finally:
             nursery.cancel_scope.cancel()
+            if isinstance(clock, trio.testing.MockClock):
+                # Shielded waits of the teardown (terminate_timeout, the last flush) must
+                # not wait for a clock that only the test moves.
+                threshold, clock.autojump_threshold = clock.autojump_threshold, 0
+    if isinstance(clock, trio.testing.MockClock):
+        clock.autojump_threshold = threshold
 
 
 def upgrade_request(

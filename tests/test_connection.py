@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+import structlog
 import trio
 import websockets.exceptions
 from trio.testing import MockClock
@@ -647,6 +648,35 @@ async def test_server_shutdown_closes_every_connection_1001_shutdown() -> None:
 # ------------------------------------------------------------------ limits
 
 
+async def test_transmission_limit_refills_over_transmission_period(mock_clock: MockClock) -> None:
+    handler = Scripted()
+    # 3 messages per 3 s: one more message each second
+    settings = {"transmission_limit": 3, "transmission_period": 3.0}
+    async with (
+        running(handler, **settings, **NO_TIMERS) as server,
+        upgraded(server) as client,
+        fail_after_real(),
+    ):
+        for burst in ("a", "b"):
+            await client.send(b"".join(text(f"{burst}{i}") for i in range(3)))
+            for i in range(3):
+                assert await client.read_frame() == (OP_TEXT, f"{burst}{i}".encode(), True)
+            await advance(mock_clock, 3.0)  # full again
+        await advance(mock_clock, 100.0)  # never more than full
+        await client.send(b"".join(text(f"c{i}") for i in range(3)))
+        for i in range(3):
+            assert await client.read_frame() == (OP_TEXT, f"c{i}".encode(), True)
+        await advance(mock_clock, 1.5)  # one and a half tokens
+        await client.send(text("d0"))
+        assert await client.read_frame() == (OP_TEXT, b"d0", True)
+        await client.send(text("d1"))  # half a token left: one too many
+        assert await client.read_close() == (1008, "too_many_messages")
+        await answer_close(client)
+        await handler.terminated.wait()
+    assert handler.messages == ["a0", "a1", "a2", "b0", "b1", "b2", "c0", "c1", "c2", "d0"]
+    assert handler.only_reason() == TerminateReason("too_many_messages", 1008, "too_many_messages")
+
+
 async def test_transmission_limit_closes_1008_on_the_message_over_the_limit() -> None:
     handler = Scripted()
     async with (
@@ -932,6 +962,47 @@ async def test_terminate_exception_is_contained_and_the_server_keeps_serving() -
                 await client.send(text("still serving"))
                 assert await client.read_frame() == (OP_TEXT, b"still serving", True)
     assert handler.reasons_of("first") == [TerminateReason("remote", 1000, "")]
+
+
+class StuckInTerminate(Scripted):
+    """terminate never returns by itself for the user "first"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = trio.Event()
+        self.cancelled = trio.Event()
+
+    async def terminate(self, reason: TerminateReason, conn: Connection) -> None:
+        self.reasons.append((conn.user_id, reason))
+        if conn.user_id != "first":
+            return
+        self.entered.set()
+        try:
+            await trio.sleep_forever()
+        finally:
+            self.cancelled.set()
+
+
+async def test_terminate_is_cancelled_after_terminate_timeout(mock_clock: MockClock) -> None:
+    handler = StuckInTerminate()
+    with structlog.testing.capture_logs() as logs:
+        async with (
+            running(handler, terminate_timeout=2.0, **NO_TIMERS) as server,
+            fail_after_real(),
+        ):
+            async with upgraded(server, "first") as client:
+                await client.send(close_frame(1000))
+                await expect_close_then_eof(client)
+            await handler.entered.wait()
+            await advance(mock_clock, 1.9, step=0.1)
+            assert not handler.cancelled.is_set()
+            await advance(mock_clock, 0.2)
+            assert handler.cancelled.is_set()
+            async with upgraded(server, "second") as client:
+                await client.send(text("still serving"))
+                assert await client.read_frame() == (OP_TEXT, b"still serving", True)
+    assert handler.reasons_of("first") == [TerminateReason("remote", 1000, "")]
+    assert [e["user_id"] for e in logs if e["event"] == "terminate_timeout"] == ["first"]
 
 
 # ------------------------------------------------------------------ callbacks never overlap
