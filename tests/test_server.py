@@ -456,7 +456,7 @@ async def test_terminate_raising_is_contained_and_the_server_keeps_serving() -> 
 
 
 @pytest.mark.parametrize("enabled", [True, False])
-async def test_connections_are_logged_open_and_closed(enabled: bool) -> None:
+async def test_connections_are_logged_open_and_closed(enabled: bool, mock_clock: MockClock) -> None:
     handler = TrackingHandler()
     with structlog.testing.capture_logs() as logs:
         async with running(handler, log_connections=enabled) as server:
@@ -464,6 +464,7 @@ async def test_connections_are_logged_open_and_closed(enabled: bool) -> None:
                 await ws.send_message(json.dumps("hi"))
                 with fail_after_real():
                     assert json.loads(await ws.get_message()) == "hi"
+                await advance(mock_clock, 2.5, step=0.5)
             await wait_terminated(handler, 1)
     events = [e for e in logs if e["event"] in ("connection_open", "connection_closed")]
     if not enabled:
@@ -478,4 +479,4 @@ async def test_connections_are_logged_open_and_closed(enabled: bool) -> None:
     assert closed["event"] == "connection_closed"
     assert (closed["peer"], closed["user_id"]) == (opened["peer"], "ada")
     assert (closed["code"], closed["reason"]) == (1000, "remote")
-    assert closed["duration"] >= 0
+    assert closed["duration"] == 2.5
