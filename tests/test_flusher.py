@@ -145,7 +145,7 @@ async def test_frames_held_back_for_a_program_task_leave_without_that_task_parki
         client = await open_client(server)
         with trio.fail_after(5):
             while server.connection_count == 0:
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
         got: list[object] = []
 
         async def read() -> None:
@@ -160,7 +160,7 @@ async def test_frames_held_back_for_a_program_task_leave_without_that_task_parki
             assert conn._outbox.queued_frames == 3  # corked: nothing sent yet
             with trio.fail_after(5):
                 while len(got) < 3:
-                    await trio.sleep(0)  # a checkpoint, never a park of this task
+                    await trio.lowlevel.checkpoint()  # a checkpoint, never a park of this task
         assert got == [b"0", b"1", b"2"]
         await client.aclose()
 
@@ -186,7 +186,7 @@ async def test_a_burst_to_many_clients_from_one_program_task_arrives_whole_and_i
         clients = [await open_client(server) for _ in range(20)]
         with trio.fail_after(5):
             while server.connection_count < 20:
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
         for conn in server.connections():
             conn.join_channel("all")
         for i in range(40):

@@ -25,17 +25,18 @@ from riverside_trio import (
     User,
 )
 
-from .._helpers import NO_TIMERS
+from .._helpers import NO_TIMERS, wait_until
 
 GUARD = 30.0  # seconds: a real-time guard on waits for Redis (never a synchronisation)
 
 
 async def wait_for(predicate: Callable[[], bool], what: str, guard: float = GUARD) -> None:
-    """Poll ``predicate`` until it holds; fail after ``guard`` seconds of real time."""
-    with trio.fail_after(guard):
-        while not predicate():
-            await trio.sleep(0.01)
-    del what
+    """Wait until ``predicate`` holds (checked after every step of another task, such as
+    the broker's reading a reply from Redis); fail after ``guard`` seconds of real time."""
+    try:
+        await wait_until(predicate, seconds=guard)
+    except trio.TooSlowError:
+        raise AssertionError(f"not within {guard} s: {what}") from None
 
 
 def settled(server: Server) -> bool:

@@ -172,7 +172,7 @@ async def test_a_join_leave_storm_leaves_exactly_the_subscriptions_still_needed(
                 if i % 100:
                     conn.leave_channel(f"s{i}")
                 if i % 1000 == 0:
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
             await all_settled(a)
             for i in range(0, 10_000, 100):
                 conn.leave_channel(f"s{i}")
