@@ -287,7 +287,7 @@ async def test_connection_request_is_the_auth_request() -> None:
 
     class Check(RecordingHandler):
         async def init(self, conn: Connection) -> None:
-            seen.append((self.requests[0], conn.request))
+            seen.append((self.requests[0], conn.handshake))
             conn.send(conn.path)
 
     async with running(Check()) as server, open_websocket_url(server.url + "?q=1") as ws:

@@ -43,6 +43,9 @@ def test_defaults() -> None:
         15.0,
         10_000,
     )
+    assert (config.request_concurrency, config.request_timeout) == (1, 60.0)
+    assert (config.sessions, config.max_session_connections) == (True, 0)
+    assert config.session_expiry == 86_400.0
 
 
 def test_is_frozen_and_keyword_only() -> None:
@@ -120,6 +123,11 @@ BAD_VALUES: dict[str, list[object]] = {
     ],
     "health_path": ["health", "", None, "/ws"],
     "metrics_path": ["metrics", "", "/health"],
+    "request_concurrency": [0, -1, None, "2", 1.5],
+    "request_timeout": [0, -1, "60", True],
+    "sessions": [1, "yes", None],
+    "max_session_connections": [-1, None, "3", 2.0],
+    "session_expiry": [0, -5, "1d"],
     "log_format": ["text", None],
     "log_level": ["trace", "INFO", None],
     "log_connections": [1, "no", None],

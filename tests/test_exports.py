@@ -51,6 +51,20 @@ EXPECTED = {
     "RiversideError",
     "Server",
     "TerminateReason",
+    "Client",
+    "open_client",
+    "ErrorCode",
+    "MemoryStore",
+    "RPCHandler",
+    "RequestError",
+    "RequestTimeout",
+    "SessionData",
+    "SessionError",
+    "SessionStore",
+    "Sessions",
+    "WebwireCodec",
+    "request",
+    "signal",
     "load_config",
     "run",
     "serve",
@@ -101,7 +115,13 @@ def test_every_export_has_a_docstring_of_its_own() -> None:
 
 def test_public_methods_and_properties_of_handler_connection_and_server_are_documented() -> None:
     missing = []
-    for cls in (riverside_trio.Handler, riverside_trio.Connection, riverside_trio.Server):
+    for cls in (
+        riverside_trio.Handler,
+        riverside_trio.RPCHandler,
+        riverside_trio.Connection,
+        riverside_trio.Server,
+        riverside_trio.Client,
+    ):
         for name, member in inspect.getmembers(cls):
             if name.startswith("_"):
                 continue

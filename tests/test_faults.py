@@ -188,7 +188,7 @@ class Faulty(Handler):
 
     async def init(self, conn: Connection) -> None:
         self.conns[conn.state] = conn
-        channel = conn.request.query.get("join")
+        channel = conn.handshake.query.get("join")
         if channel:
             conn.join_channel(channel)
 

@@ -155,6 +155,7 @@ async def test_metrics_after_a_known_sequence_of_connections_and_messages() -> N
                 assert labelled(samples, "riverside_invalid_messages_total", "kind") == {
                     "wrong_type": 0,
                     "undecodable": 0,
+                    "envelope": 0,
                 }
 
                 assert m.connected == 1

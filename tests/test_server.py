@@ -64,7 +64,7 @@ class TrackingHandler(Handler):
         return Accept(user_id=req.query.get("user", "anon"))
 
     async def init(self, conn: Connection) -> None:
-        if "fail_init" in conn.request.query:
+        if "fail_init" in conn.handshake.query:
             raise RuntimeError("init bug")
 
     async def handle_message(self, msg: Any, conn: Connection) -> None:
@@ -74,7 +74,7 @@ class TrackingHandler(Handler):
 
     async def terminate(self, reason: TerminateReason, conn: Connection) -> None:
         self.reasons.append(reason)
-        if "fail_terminate" in conn.request.query:
+        if "fail_terminate" in conn.handshake.query:
             raise RuntimeError("terminate bug")
 
 

@@ -6,6 +6,9 @@ Write one :class:`Handler`, then ``riverside-trio serve module:Handler`` or embe
 
 from __future__ import annotations
 
+# the Trio client
+from .client import Client as Client
+from .client import open_client as open_client
 from .cluster import ClusterView as ClusterView
 from .cluster import ConnectionInfo as ConnectionInfo
 from .cluster import NameClaim as NameClaim
@@ -37,7 +40,10 @@ from .errors import ConnectionClosed as ConnectionClosed
 from .errors import DeliveryError as DeliveryError
 from .errors import NameInUseError as NameInUseError
 from .errors import ProtocolError as ProtocolError
+from .errors import RequestError as RequestError
+from .errors import RequestTimeout as RequestTimeout
 from .errors import RiversideError as RiversideError
+from .errors import SessionError as SessionError
 from .handler import Accept as Accept
 from .handler import AuthRequest as AuthRequest
 from .handler import ControlFrame as ControlFrame
@@ -49,6 +55,17 @@ from .handler import TaskFailed as TaskFailed
 from .handler import TaskResult as TaskResult
 from .handler import TerminateReason as TerminateReason
 from .metrics import Metrics as Metrics
+
+# request/reply, signals and restorable sessions
+from .rpc._envelope import ErrorCode as ErrorCode
+from .rpc._envelope import SessionData as SessionData
+from .rpc._router import RPCHandler as RPCHandler
+from .rpc._router import request as request
+from .rpc._router import signal as signal
+from .rpc._sessions import MemoryStore as MemoryStore
+from .rpc._sessions import Sessions as Sessions
+from .rpc._sessions import SessionStore as SessionStore
+from .rpc._webwire import WebwireCodec as WebwireCodec
 
 # handlers and what passes through them
 from .server._connection import Connection as Connection

@@ -47,6 +47,7 @@ _GROUP_STARTS = {
     "max_connections": "limits",
     "handshake_timeout": "timeouts (seconds)",
     "permessage_deflate": "behaviour",
+    "request_concurrency": "request/reply and sessions",
     "log_format": "logging",
     "broker_url": "several nodes (Redis)",
 }

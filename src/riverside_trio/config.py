@@ -149,6 +149,17 @@ class Config:
             "scheme://host[:port]" (compared lowercased); None ("off") allows any Origin.
         health_path: URL path answering plain HTTP health checks; starts with "/".
         metrics_path: URL path of the Prometheus metrics; None ("off") turns the endpoint off.
+        request_concurrency: Requests of one connection an RPCHandler runs at once, >= 1;
+            the others wait their turn in arrival order.
+        request_timeout: Seconds a request handler may take before it is cancelled and the
+            client gets the error reply "timeout", > 0; None ("off") waits for ever.
+        sessions: Allow restorable sessions (RPCHandler); when false, creating or restoring
+            one is refused with "sessions_disabled".
+        max_session_connections: Most connections of this server that may hold one session
+            at once, >= 0; a restore beyond it is refused with "max_session_connections".
+            0: no limit.
+        session_expiry: Seconds after which a session nobody created or restored is
+            forgotten by the store, > 0; None ("off") keeps sessions until closed.
         log_format: Log output of the CLI: "console" (for people) or "json" (one object a line).
         log_level: Lowest level logged by the CLI: "debug", "info", "warning" or "error".
         log_connections: Log every connection's open and close at info level (peer, user,
@@ -213,6 +224,13 @@ class Config:
     allowed_origins: tuple[str, ...] | None = None
     health_path: str = _setting("/health", url_path=True)
     metrics_path: str | None = _setting("/metrics", url_path=True)
+
+    # request/reply and sessions (RPCHandler)
+    request_concurrency: int = _setting(1, min=1)
+    request_timeout: float | None = _setting(60.0, gt=0, unit="seconds")
+    sessions: bool = True
+    max_session_connections: int = _setting(0, min=0, note="(0: no limit)")
+    session_expiry: float | None = _setting(86_400.0, gt=0, unit="seconds")
 
     # logging (used by the CLI)
     log_format: Literal["console", "json"] = "console"

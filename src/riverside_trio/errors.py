@@ -10,6 +10,9 @@ The hierarchy::
     ├── DeliveryError        a delivery could not be made
     │   └── NameInUseError   a unique name is registered by another connection
     ├── BrokerError          the message broker failed
+    ├── RequestError         a request failed: code, message (an error reply)
+    │   ├── RequestTimeout   no reply within the timeout (code "timeout")
+    │   └── SessionError     a session could not be created, restored or closed
     ├── ConfigError          a setting has a wrong value (names the setting)
     └── CloseConnection      raised by handlers to close their connection on purpose
 
@@ -30,7 +33,10 @@ __all__ = [
     "DeliveryError",
     "NameInUseError",
     "ProtocolError",
+    "RequestError",
+    "RequestTimeout",
     "RiversideError",
+    "SessionError",
 ]
 
 
@@ -135,6 +141,48 @@ class NameInUseError(DeliveryError):
 
 class BrokerError(RiversideError):
     """The message broker failed."""
+
+
+class RequestError(RiversideError):
+    """A request failed: the error reply's ``code`` and ``message``.
+
+    Raise it from a request handler to answer with an error reply (the client's
+    ``request()`` raises it with the same code and message); ``request()`` on a
+    :class:`~riverside_trio.Connection` or a client raises it when the peer answered with an
+    error reply.
+
+    Args:
+        code: 1 to 255 printable ASCII characters, e.g. ``"not_found"``. The codes the
+            library itself sends are listed in :class:`~riverside_trio.ErrorCode`.
+        message: free text for people (UTF-8).
+    """
+
+    def __init__(self, code: str, message: str = "") -> None:
+        if (
+            not isinstance(code, str)
+            or not 1 <= len(code) <= 255
+            or not all(32 <= ord(c) <= 126 for c in code)
+        ):
+            raise ValueError(f"an error code is 1-255 printable ASCII characters, got {code!r}")
+        self.code = code
+        self.message = str(message)
+        super().__init__(code, self.message)
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}" if self.message else self.code
+
+
+class RequestTimeout(RequestError):
+    """No reply came within the request's timeout (code ``"timeout"``)."""
+
+    def __init__(self, message: str = "no reply within the timeout") -> None:
+        super().__init__("timeout", message)
+
+
+class SessionError(RequestError):
+    """A session could not be created, restored or closed; ``code`` says why
+    (``sessions_disabled``, ``session_exists``, ``session_not_found``,
+    ``max_session_connections``). Raised in a request handler, it becomes that error reply."""
 
 
 class ConfigError(RiversideError, ValueError):

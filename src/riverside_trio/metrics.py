@@ -9,7 +9,7 @@ Names follow Riverside's::
     riverside_connected_duration_seconds               histogram
     riverside_rejected_connections_total{status}       counter (HTTP status of refused upgrades)
     riverside_disconnects_total{reason}                counter (TerminateReason.kind)
-    riverside_invalid_messages_total{kind}             counter (wrong_type, undecodable)
+    riverside_invalid_messages_total{kind}             counter (wrong_type, undecodable, envelope)
     riverside_dropped_messages_total                   counter (outbox_policy drop_*)
     riverside_pending_handshakes_count                 gauge (sockets not yet WebSockets)
     riverside_refused_sockets_total{reason}            counter (pending_global, pending_per_address)
@@ -156,10 +156,10 @@ class _Collector:
         yield disconnects
         invalid = CounterMetricFamily(
             "riverside_invalid_messages",
-            "Incoming messages ignored or refused: wrong frame type or undecodable",
+            "Incoming messages ignored or refused: wrong frame type, undecodable, bad envelope",
             labels=["kind"],
         )
-        for kind in ("wrong_type", "undecodable"):
+        for kind in ("wrong_type", "undecodable", "envelope"):
             invalid.add_metric([kind], m.invalid_messages[kind])
         yield invalid
         yield CounterMetricFamily(

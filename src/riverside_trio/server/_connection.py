@@ -32,6 +32,7 @@ import trio
 from .._values import AuthRequest, TaskFailed, TaskResult, TerminateReason
 from ..destinations import Channel, Session, User
 from ..errors import CodecError, ConnectionClosed
+from ..rpc._calls import RPCMethods
 from ..wire.frames import PUSH_FULL, PUSH_QUEUED, encode_close
 from ._gate import Gate
 from ._mailbox import Mailbox
@@ -73,11 +74,11 @@ class ServerView(Protocol):
 
 
 class Connection(Gate):
+from ..rpc._calls import RPCMethods
     """An open WebSocket connection, as handler callbacks receive it.
 
-    Every method is synchronous and never blocks: deliveries are encoded once and written
-    or queued at once. ``id`` (unique in the cluster), ``user_id``, ``session_id``,
-    ``subprotocol`` and ``request`` are fixed at the handshake; ``state`` is yours.
+    No method blocks: deliveries are encoded once, written or queued at once. ``state`` is
+    yours; fixed: ``id`` (cluster-wide), ``user_id``, ``session_id``, ``subprotocol``, handshake.
     """
 
     __slots__ = (
@@ -104,8 +105,8 @@ class Connection(Gate):
         "_side",
         "_transport",
         "_writer",
+        "handshake",
         "id",
-        "request",
         "session_id",
         "state",
         "subprotocol",
@@ -129,7 +130,7 @@ class Connection(Gate):
         self._core = core
         self.id = core.connection_id()  # unique in the cluster
         self._transport = transport
-        self.request = request
+        self.handshake = request
         self.user_id = user_id
         self.session_id = session_id
         self.state = state
@@ -165,12 +166,12 @@ class Connection(Gate):
     @property
     def path(self) -> str:
         """The path the client connected to."""
-        return self.request.path
+        return self.handshake.path
 
     @property
     def remote(self) -> tuple[str, int]:
         """The client's ``(host, port)``."""
-        return self.request.peer
+        return self.handshake.peer
 
     @property
     def closed(self) -> bool:

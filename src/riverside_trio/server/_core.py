@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import structlog
 import trio
+from trio.lowlevel import ParkingLot
 
 from .._values import Accept, AuthRequest, ControlFrame, HTTPRequest, HTTPResponse, TerminateReason
 from ..codecs import RawBinaryCodec, RawCodec, RawTextCodec, check_codec
@@ -100,6 +101,11 @@ class Core:
         self.custom_authenticate = "authenticate" in overridden
         self.wants_control = "handle_control" in overridden
         self.has_terminate = "terminate" in overridden
+        # Request/reply (RPCHandler): takes envelopes off the read path; requests queued
+        # or running, which a graceful shutdown lets finish within drain_timeout.
+        self.intercept: Any = getattr(handler, "_rpc_intercept", None)
+        self.rpc_running = 0
+        self.rpc_idle = ParkingLot()
         self._log_at: dict[str, float] = {}
         self._log_suppressed: dict[str, int] = {}
         self.node_id = secrets.token_hex(8)  # 16 hex digits, unique in the cluster

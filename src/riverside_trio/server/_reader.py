@@ -126,6 +126,7 @@ class Reader:
         lean_text = self._bucket is None and core.accepts_text
         lean_binary = self._bucket is None and core.accepts_binary
         raw = bool(core.passthrough)  # raw codecs decode what they accept as it is
+        intercept = conn._core.intercept  # RPCHandler: envelopes never reach handle_message
         # Nothing came with the handshake: wait for data (TLS may hold some decrypted).
         drained = not parser.buffered and tls is None
         taken = 0  # bytes read since the last park or checkpoint
@@ -151,7 +152,7 @@ class Reader:
                             msg = event[1] if raw else self._decode(event[1])
                         else:
                             msg = self._accept_message(kind == EV_TEXT, event[1])
-                        if msg is _SKIP:
+                        if msg is _SKIP or (intercept is not None and intercept(msg, conn)):
                             continue
                         if conn._gate_busy:
                             await conn._callback(handler.handle_message, msg, conn)
@@ -168,7 +169,7 @@ class Reader:
                             continue
                         text = kind == EV_TEXT_DEFLATED
                         msg = self._accept_message(text, self._inflate(event[1], text))
-                        if msg is not _SKIP:
+                        if msg is not _SKIP and (intercept is None or not intercept(msg, conn)):
                             await conn._callback(handler.handle_message, msg, conn)
                     elif kind == EV_PING:
                         metrics.incoming_control["ping"] += 1

@@ -256,9 +256,13 @@ class Server:
         self._close_listeners()
         conns = self._connections()
         log.info("shutting_down", connections=len(conns), drain_timeout=self.config.drain_timeout)
-        for conn in conns:
+        deadline = trio.current_time() + self.config.drain_timeout
+        with trio.move_on_at(deadline):  # requests running (RPCHandler) finish first
+            while core.rpc_running:
+                await core.rpc_idle.park()
+        for conn in self._connections():
             conn._close_for("shutdown", 1001)
-        with trio.move_on_after(self.config.drain_timeout):
+        with trio.move_on_at(deadline):
             while len(core.registry) or core.handshakes:
                 await self._drained.park()
         await leave_cluster(core)

@@ -1,0 +1,418 @@
+"""The routing handler: :class:`RPCHandler` with ``@request(name)`` and ``@signal(name)``.
+
+What happens to each incoming envelope (``Router.intercept`` sees every decoded message in
+the reader, before ``handle_message``, and never awaits):
+
+- a plain message (no envelope) goes to ``handle_message`` as with any Handler;
+- a request or signal joins the connection's queue (see ``_calls``); during a graceful
+  shutdown a request is answered ``shutdown`` at once and a signal dropped; more than
+  ``outbox_size`` waiting requests: ``too_many_requests``;
+- a request handler's return value is the reply; ``RequestError(code, message)`` is an
+  error reply with them; any other exception is logged and answered ``internal_error``
+  (nothing of it leaks); no reply within ``request_timeout``: ``timeout`` (the handler is
+  cancelled); a name with no handler: ``unknown_name``;
+- a signal handler's exception is logged; a signal with no handler is logged and dropped;
+- a reply or error reply resolves the server's pending ``conn.request()``; one nobody
+  waits for is dropped and logged;
+- a malformed envelope closes the connection with 1008 ``invalid_envelope``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import structlog
+import trio
+
+from ..errors import ConnectionClosed, RequestError, SessionError
+from ..handler import Handler
+from ._calls import ConnRPC
+from ._envelope import (
+    CloseSession,
+    ErrorCode,
+    ErrorReply,
+    Heartbeat,
+    Malformed,
+    Reply,
+    Request,
+    RestoreSession,
+    SessionClosed,
+    SessionCreated,
+    SessionData,
+    Signal,
+    Welcome,
+)
+from ._format import Format, format_for
+from ._sessions import MemoryStore, Sessions, SessionStore, new_session_key
+
+if TYPE_CHECKING:
+    from ..server._connection import Connection
+
+__all__ = ["RPCHandler", "request", "signal"]
+
+log = structlog.get_logger("riverside_trio.rpc")
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def request(name: str) -> Callable[[F], F]:
+    """Mark an ``async def method(self, payload, conn)`` of an :class:`RPCHandler` as the
+    handler of requests named ``name``; what it returns is the reply's payload."""
+    _check_name(name)
+
+    def mark(fn: F) -> F:
+        fn._rpc_request = name  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def signal(name: str) -> Callable[[F], F]:
+    """Mark an ``async def method(self, payload, conn)`` of an :class:`RPCHandler` as the
+    handler of signals named ``name``."""
+    _check_name(name)
+
+    def mark(fn: F) -> F:
+        fn._rpc_signal = name  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def _check_name(name: object) -> None:
+    if not isinstance(name, str) or len(name) > 255 or not name.isascii():
+        raise ValueError(f"a request or signal name is 0-255 ASCII characters, got {name!r}")
+
+
+class RPCHandler(Handler):
+    """A :class:`~riverside_trio.Handler` that also speaks request/reply, signals and
+    restorable sessions (see the README's "Request/reply" section).
+
+    Decorate methods with :func:`request` and :func:`signal`; plain messages still reach
+    ``handle_message``. Set ``session_store`` (a class or instance attribute) to keep
+    sessions elsewhere than in this process's memory.
+    """
+
+    session_store: ClassVar[SessionStore | None] = None
+    _rpc_requests: ClassVar[dict[str, str]] = {}
+    _rpc_signals: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        requests: dict[str, str] = {}
+        signals: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            for attr, value in vars(klass).items():
+                if (name := getattr(value, "_rpc_request", None)) is not None:
+                    requests[name] = attr
+                if (name := getattr(value, "_rpc_signal", None)) is not None:
+                    signals[name] = attr
+        cls._rpc_requests = requests
+        cls._rpc_signals = signals
+        own_init = cls.__dict__.get("init")
+        if own_init is not None and not getattr(own_init, "_rpc_wrapped", False):
+            # webwire clients expect the server's greeting first, whatever init does.
+            async def init(self: RPCHandler, conn: Connection) -> None:
+                self._rpc_router.greet(conn)
+                await own_init(self, conn)
+
+            init._rpc_wrapped = True  # type: ignore[attr-defined]
+            init.__doc__ = own_init.__doc__
+            cls.init = init  # type: ignore[method-assign]
+
+    async def init(self, conn: Connection) -> None:
+        """The connection is open (webwire clients get their greeting first)."""
+        self._rpc_router.greet(conn)
+
+    async def handle_request(self, name: str, payload: Any, conn: Connection) -> Any:
+        """Requests with no ``@request`` handler; the default answers ``unknown_name``."""
+        raise RequestError(ErrorCode.UNKNOWN_NAME, f"no request handler named {name!r}")
+
+    async def handle_signal(self, name: str, payload: Any, conn: Connection) -> None:
+        """Signals with no ``@signal`` handler; the default logs and drops them."""
+        log.info("unknown_signal", name=name, user_id=conn.user_id)
+
+    @property
+    def sessions(self) -> Sessions:
+        """Which connections of this server hold which session."""
+        return self._rpc_router.sessions
+
+    async def close_session(self, key: str) -> int:
+        """Close the session ``key``: each of its connections here is told, and the store
+        forgets it. Returns how many connections held it here. A checkpoint."""
+        return await self._rpc_router.close_key(key)
+
+    @property
+    def _rpc_router(self) -> Router:
+        router: Router | None = self.__dict__.get("_rpc_router_")
+        if router is None:
+            router = self.__dict__["_rpc_router_"] = Router(self)
+        return router
+
+    def _rpc_intercept(self, msg: Any, conn: Connection) -> bool:
+        return self._rpc_router.intercept(msg, conn)
+
+
+class Router:
+    """The request/reply machinery of one RPCHandler instance."""
+
+    def __init__(self, handler: RPCHandler) -> None:
+        self.handler = handler
+        self.fmt: Format = format_for(handler.codec)
+        store = handler.session_store
+        self.store: SessionStore = store if store is not None else MemoryStore()
+        self.sessions = Sessions()
+
+    # ---------------------------------------------------------------- the reader's side
+
+    def state(self, conn: Connection) -> ConnRPC:
+        try:
+            return conn._rpc
+        except AttributeError:
+            pass
+        st = conn._rpc = ConnRPC()
+        if not conn._spawn(self._runner, conn, st):
+            st.closed = True
+        return st
+
+    def greet(self, conn: Connection) -> None:
+        """webwire's AcceptConf, the first message a webwire client gets."""
+        self.state(conn)
+        if self.fmt.webwire:
+            cfg = conn._core.config
+            timeout = int((cfg.idle_timeout or 0) * 1000)
+            size = min(cfg.max_message_size, 2**32 - 1)
+            conn.send(Welcome(min(timeout, 2**32 - 1), size, conn.subprotocol or ""))
+
+    def intercept(self, msg: Any, conn: Connection) -> bool:
+        """Take an envelope off the read path; False: a plain message for handle_message."""
+        env = self.fmt.parse(msg)
+        if env is None:
+            return False
+        t = type(env)
+        if t is Request or t is Signal or t is RestoreSession or t is CloseSession:
+            core = conn._core
+            if core.shutting_down:
+                if t is not Signal:
+                    self._refuse(conn, env, ErrorCode.SHUTDOWN, "server shutting down")
+                return True
+            st = self.state(conn)
+            if st.closed:
+                return True
+            if len(st.queue) >= core.config.outbox_size:
+                if t is not Signal:
+                    self._refuse(conn, env, ErrorCode.TOO_MANY_REQUESTS, "too many waiting")
+                return True
+            st.queue.append(env)
+            core.rpc_running += 1
+            st.lot.unpark()
+        elif isinstance(env, Reply | ErrorReply):
+            if not self.state(conn).resolve(env):
+                conn._core.warn("unknown_reply_id", user_id=conn.user_id, id=repr(env.id)[:80])
+        elif isinstance(env, Malformed):
+            conn._core.metrics.invalid_messages["envelope"] += 1
+            conn._core.warn("invalid_envelope", user_id=conn.user_id, why=env.why)
+            conn._close_for("invalid_envelope", 1008)
+        elif t is not Heartbeat:  # a server-only message from a client
+            conn._core.metrics.invalid_messages["envelope"] += 1
+            conn._close_for("invalid_envelope", 1008)
+        return True
+
+    def _refuse(self, conn: Connection, env: Any, code: str, message: str) -> None:
+        self._send(conn, ErrorReply(env.id, code, message))
+
+    # ---------------------------------------------------------------- the runner
+
+    async def _runner(self, conn: Connection, st: ConnRPC) -> None:
+        """Run the connection's requests and signals, up to request_concurrency at once."""
+        limit = conn._core.config.request_concurrency
+        try:
+            if limit == 1:
+                while True:
+                    while st.queue:
+                        await self._run(st.queue.popleft(), conn)
+                    await st.lot.park()
+            async with trio.open_nursery() as nursery:
+                while True:
+                    while st.queue and st.running < limit:
+                        st.running += 1
+                        nursery.start_soon(self._run_one, st.queue.popleft(), conn, st)
+                    await st.lot.park()
+        finally:
+            core = conn._core
+            core.rpc_running -= len(st.queue)
+            if core.rpc_running <= 0:
+                core.rpc_running = 0
+                core.rpc_idle.unpark_all()
+            code, reason = conn._closed_args()
+            st.fail_pending(code, reason)
+            if st.session is not None:
+                self.sessions.unbind(st.session.key, conn)
+
+    async def _run_one(self, item: Any, conn: Connection, st: ConnRPC) -> None:
+        try:
+            await self._run(item, conn)
+        finally:
+            st.running -= 1
+            st.lot.unpark()
+
+    async def _run(self, item: Any, conn: Connection) -> None:
+        core = conn._core
+        try:
+            t = type(item)
+            if t is Request:
+                await self._request(item, conn)
+            elif t is Signal:
+                await self._signal(item, conn)
+            elif t is RestoreSession:
+                await self._restore(item, conn)
+            else:
+                await self._close_by_client(item, conn)
+        finally:
+            core.rpc_running -= 1
+            if core.rpc_running <= 0 and core.shutting_down:
+                core.rpc_idle.unpark_all()
+
+    async def _request(self, req: Request, conn: Connection) -> None:
+        handler = self.handler
+        attr = handler._rpc_requests.get(req.name)
+        timeout = conn._core.config.request_timeout
+        reply: Any
+        try:
+            with trio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
+                if attr is not None:
+                    value = await getattr(handler, attr)(req.payload, conn)
+                else:
+                    value = await handler.handle_request(req.name, req.payload, conn)
+            if scope.cancelled_caught:
+                reply = ErrorReply(req.id, ErrorCode.TIMEOUT, f"no reply within {timeout} s")
+            else:
+                reply = Reply(req.id, value)
+        except RequestError as exc:
+            reply = ErrorReply(req.id, exc.code, exc.message)
+        except ConnectionClosed:
+            if conn.closed:
+                return
+            log.exception("request_failed", name=req.name, user_id=conn.user_id)
+            reply = ErrorReply(req.id, ErrorCode.INTERNAL, "internal error")
+        except Exception:
+            log.exception("request_failed", name=req.name, user_id=conn.user_id)
+            reply = ErrorReply(req.id, ErrorCode.INTERNAL, "internal error")
+        self._send(conn, reply)
+
+    def _send(self, conn: Connection, env: Any) -> None:
+        try:
+            conn.send(self.fmt.out(env))
+        except ConnectionClosed:
+            pass
+        except Exception:  # the reply cannot be encoded: the client still gets an answer
+            log.exception("reply_not_encodable", user_id=conn.user_id)
+            if type(env) is Reply:
+                self._send(conn, ErrorReply(env.id, ErrorCode.INTERNAL, "internal error"))
+
+    async def _signal(self, sig: Signal, conn: Connection) -> None:
+        handler = self.handler
+        attr = handler._rpc_signals.get(sig.name)
+        try:
+            if attr is not None:
+                await getattr(handler, attr)(sig.payload, conn)
+            else:
+                await handler.handle_signal(sig.name, sig.payload, conn)
+        except ConnectionClosed:
+            if not conn.closed:
+                log.exception("signal_failed", name=sig.name, user_id=conn.user_id)
+        except Exception:
+            log.exception("signal_failed", name=sig.name, user_id=conn.user_id)
+
+    # ---------------------------------------------------------------- sessions
+
+    async def create_session(self, conn: Connection, info: Any) -> SessionData:
+        cfg = conn._core.config
+        if not cfg.sessions:
+            raise SessionError(ErrorCode.SESSIONS_DISABLED, "sessions are turned off")
+        st = self.state(conn)
+        if st.session is not None:
+            raise SessionError(ErrorCode.SESSION_EXISTS, "this connection has a session")
+        if conn.closed or st.closed:
+            raise ConnectionClosed(*conn._closed_args())
+        now = time.time()
+        session = SessionData(new_session_key(), now, now, info)
+        conn.send(self.fmt.out(SessionCreated(session)))  # the client learns its key first
+        st.session = session
+        self.sessions.bind(session.key, conn)
+        try:
+            await self.store.save(session, cfg.session_expiry)
+        except Exception:
+            log.exception("session_store_failed", op="save", user_id=conn.user_id)
+        return session
+
+    async def close_session_of(self, conn: Connection) -> bool:
+        st = self.state(conn)
+        session = st.session
+        if session is None:
+            return False
+        st.session = None
+        last = self.sessions.unbind(session.key, conn)
+        self._send(conn, SessionClosed())
+        if last:
+            await self._forget(session.key, conn.user_id)
+        return True
+
+    async def close_key(self, key: str) -> int:
+        conns = self.sessions.connections(key)
+        for conn in conns:
+            conn._rpc.session = None
+            self.sessions.unbind(key, conn)
+            self._send(conn, SessionClosed())
+        await self._forget(key, None)
+        return len(conns)
+
+    async def _forget(self, key: str, user_id: str | None) -> None:
+        try:
+            await self.store.delete(key)
+        except Exception:
+            log.exception("session_store_failed", op="delete", user_id=user_id)
+
+    async def _restore(self, req: RestoreSession, conn: Connection) -> None:
+        cfg = conn._core.config
+        st = self.state(conn)
+        if not cfg.sessions:
+            error = (ErrorCode.SESSIONS_DISABLED, "sessions are turned off")
+        elif st.session is not None:
+            error = (ErrorCode.SESSION_EXISTS, "this connection has a session already")
+        elif (
+            cfg.max_session_connections
+            and self.sessions.count(req.key) >= cfg.max_session_connections
+        ):
+            error = (ErrorCode.MAX_SESSION_CONNECTIONS, "the session has its most connections")
+        else:
+            try:
+                session = await self.store.lookup(req.key, cfg.session_expiry)
+            except Exception:
+                log.exception("session_store_failed", op="lookup", user_id=conn.user_id)
+                error = (ErrorCode.INTERNAL, "internal error")
+            else:
+                if session is None:
+                    error = (ErrorCode.SESSION_NOT_FOUND, "no session has that key")
+                elif st.session is not None:  # created meanwhile by a handler
+                    error = (ErrorCode.SESSION_EXISTS, "this connection has a session already")
+                else:
+                    st.session = session
+                    self.sessions.bind(session.key, conn)
+                    self._send(conn, Reply(req.id, self.fmt.session_payload(session)))
+                    return
+        self._send(conn, ErrorReply(req.id, *error))
+
+    async def _close_by_client(self, req: CloseSession, conn: Connection) -> None:
+        if not conn._core.config.sessions:
+            self._send(conn, ErrorReply(req.id, ErrorCode.SESSIONS_DISABLED, "sessions are off"))
+            return
+        st = self.state(conn)
+        session = st.session
+        if session is not None:
+            st.session = None
+            if self.sessions.unbind(session.key, conn):
+                await self._forget(session.key, conn.user_id)
+        self._send(conn, Reply(req.id, None))
