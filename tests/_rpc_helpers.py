@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -45,3 +45,11 @@ async def send_json(ws: WebSocketConnection, obj: Any) -> None:
 
 async def recv_json(ws: WebSocketConnection) -> Any:
     return json.loads(await ws.get_message())
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait until ``condition()`` holds, re-checking whenever every task is blocked (no
+    sleeps); 30 s is only a safety net for a test that would otherwise hang."""
+    with trio.fail_after(30):
+        while not condition():
+            await trio.testing.wait_all_tasks_blocked()

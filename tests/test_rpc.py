@@ -27,7 +27,7 @@ from riverside_trio import (
 )
 
 from ._helpers import NO_TIMERS, running
-from ._rpc_helpers import memory_client, raw_json, recv_json, send_json
+from ._rpc_helpers import memory_client, raw_json, recv_json, send_json, until
 
 
 class App(RPCHandler):
@@ -338,8 +338,7 @@ async def test_request_concurrency_lets_requests_of_one_connection_overlap() -> 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.request, "block", 1)
             nursery.start_soon(client.request, "block", 2)
-            while len(app.order) < 2:
-                await trio.testing.wait_all_tasks_blocked()
+            await until(lambda: len(app.order) == 2)
             assert sorted(app.order) == ["start 1", "start 2"]
             app.release.set()
         assert sorted(app.order[2:]) == ["end 1", "end 2"]
@@ -375,8 +374,7 @@ async def test_shutdown_answers_new_requests_and_lets_running_ones_finish() -> N
             await send_json(ws, {"$": "req", "id": "a", "name": "block", "data": 1})
             await app.started.wait()
             server.shutdown()
-            while not server._core.shutting_down:
-                await trio.testing.wait_all_tasks_blocked()
+            await until(lambda: server._core.shutting_down)
             await send_json(ws, {"$": "req", "id": "b", "name": "add", "data": [1, 2]})
             await send_json(ws, {"$": "sig", "name": "note", "data": 1})  # dropped
             assert await recv_json(ws) == {

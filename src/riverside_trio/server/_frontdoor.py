@@ -19,7 +19,8 @@ Decisions, in order (RFC 6455 section 4.2.1 for the upgrade):
   then ``authenticate`` decides within ``authenticate_timeout`` (else 504): ``AuthError``
   -> its status, anything else but :class:`Accept` -> 500.
 - A plain request: ``health_path`` -> 200 ``OK``; ``metrics_path`` -> Prometheus text;
-  ``Config.path`` -> 426 with ``Upgrade: websocket``; anything else -> ``handle_http``,
+  ``Config.path`` -> 426 with ``Upgrade: websocket``; ``/riverside.js`` -> the browser
+  client; anything else -> ``handle_http``,
   404 when it returns None. Plain HTTP connections close after one response.
 """
 
@@ -33,6 +34,7 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .._values import Accept, AuthRequest, Headers, HTTPRequest, HTTPResponse, new_session_id
+from ..client._js import CLIENT_JS_PATH, CLIENT_JS_TYPE, client_js
 from ..errors import AuthError
 from ..wire.deflate import Inflater, negotiate
 from ..wire.handshake import (
@@ -178,6 +180,8 @@ async def handle_request(
             )
         elif ws_path:
             data = response(405, "method not allowed\n", [("Allow", "GET")], head=head)
+        elif path == CLIENT_JS_PATH and method in ("GET", "HEAD"):
+            data = response(200, client_js(), content_type=CLIENT_JS_TYPE, head=head)
         else:
             data = await _user_route(
                 core, conn, transport, method, path, query_string, headers, peer
