@@ -28,6 +28,7 @@ import trio
 
 from ..errors import ConnectionClosed, RequestError, SessionError
 from ..handler import Handler
+from ..wire.frames import Cork
 from ._calls import ConnRPC
 from ._envelope import (
     CloseSession,
@@ -155,6 +156,13 @@ class RPCHandler(Handler):
         return self._rpc_router.intercept(msg, conn)
 
 
+def _flush(cork: Cork) -> None:
+    try:
+        cork.flush()
+    except Exception:  # a bug of ours: log, carry on
+        log.exception("cork_flush_failed")
+
+
 class Router:
     """The request/reply machinery of one RPCHandler instance."""
 
@@ -229,16 +237,19 @@ class Router:
         """Run the connection's requests and signals, up to request_concurrency at once."""
         limit = conn._core.config.request_concurrency
         try:
+            cork = conn._core.cork
             if limit == 1:
                 while True:
                     while st.queue:
                         await self._run(st.queue.popleft(), conn)
+                    _flush(cork)  # the replies of this step leave now, not by the flusher
                     await st.lot.park()
             async with trio.open_nursery() as nursery:
                 while True:
                     while st.queue and st.running < limit:
                         st.running += 1
                         nursery.start_soon(self._run_one, st.queue.popleft(), conn, st)
+                    _flush(cork)
                     await st.lot.park()
         finally:
             core = conn._core
