@@ -115,10 +115,11 @@ def main() -> None:
         for mode in modes:
             res = run_one(mode, args)
             runs[mode].append(res)
-            print(f"run {r + 1} {mode}: {json.dumps(res)}", file=sys.stderr)
+            sys.stderr.write(f"run {r + 1} {mode}: {json.dumps(res)}\n")
     base = "json_echo" if "json_echo" in modes else modes[0]
-    print(f"| mode | round trips/s | server CPU µs / round trip | CPU ratio to {base} |")
-    print("|---|---|---|---|")
+    out = sys.stdout.write
+    out(f"| mode | round trips/s | server CPU µs / round trip | CPU ratio to {base} |\n")
+    out("|---|---|---|---|\n")
     for mode in modes:
         rate = statistics.median(x["msgs_per_s"] for x in runs[mode])
         cpu = statistics.median(x["cpu_us_per_msg"] for x in runs[mode])
@@ -126,7 +127,7 @@ def main() -> None:
             a["cpu_us_per_msg"] / b["cpu_us_per_msg"]
             for a, b in zip(runs[mode], runs[base], strict=True)
         ]
-        print(f"| {mode} | {rate:,.0f} | {cpu:.1f} | {statistics.median(ratios):.2f}x |")
+        out(f"| {mode} | {rate:,.0f} | {cpu:.1f} | {statistics.median(ratios):.2f}x |\n")
     if args.out:
         Path(args.out).write_text(json.dumps(runs, indent=1))
 
@@ -218,7 +219,7 @@ def loadgen(argv: list[str]) -> None:
         }
 
     uvloop.install()
-    print(json.dumps(asyncio.run(run())))
+    sys.stdout.write(json.dumps(asyncio.run(run())) + "\n")
 
 
 if __name__ == "__main__":
