@@ -73,7 +73,7 @@ class Recorder(Handler):
 
     async def init(self, conn: Connection) -> None:
         self.conns[conn.user_id] = conn
-        channel = conn.request.query.get("join")
+        channel = conn.handshake.query.get("join")
         if channel:
             conn.join_channel(channel)
 
