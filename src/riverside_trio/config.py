@@ -149,17 +149,13 @@ class Config:
             "scheme://host[:port]" (compared lowercased); None ("off") allows any Origin.
         health_path: URL path answering plain HTTP health checks; starts with "/".
         metrics_path: URL path of the Prometheus metrics; None ("off") turns the endpoint off.
-        request_concurrency: Requests of one connection an RPCHandler runs at once, >= 1;
-            the others wait their turn in arrival order.
-        request_timeout: Seconds a request handler may take before it is cancelled and the
-            client gets the error reply "timeout", > 0; None ("off") waits for ever.
-        sessions: Allow restorable sessions (RPCHandler); when false, creating or restoring
-            one is refused with "sessions_disabled".
-        max_session_connections: Most connections of this server that may hold one session
-            at once, >= 0; a restore beyond it is refused with "max_session_connections".
-            0: no limit.
-        session_expiry: Seconds after which a session nobody created or restored is
-            forgotten by the store, > 0; None ("off") keeps sessions until closed.
+        request_concurrency: Requests of one connection an RPCHandler runs at once, >= 1.
+        request_timeout: Seconds a request may run before it is cancelled and answered
+            "timeout", > 0; None ("off") waits for ever.
+        sessions: Allow restorable sessions; false refuses them with "sessions_disabled".
+        max_session_connections: Most connections holding one session, >= 0 (0: no limit).
+        session_expiry: Seconds a session nobody restores is kept by the store, > 0; None
+            ("off") keeps it until it is closed.
         log_format: Log output of the CLI: "console" (for people) or "json" (one object a line).
         log_level: Lowest level logged by the CLI: "debug", "info", "warning" or "error".
         log_connections: Log every connection's open and close at info level (peer, user,
