@@ -150,12 +150,10 @@ class Config:
         health_path: URL path answering plain HTTP health checks; starts with "/".
         metrics_path: URL path of the Prometheus metrics; None ("off") turns the endpoint off.
         request_concurrency: Requests of one connection an RPCHandler runs at once, >= 1.
-        request_timeout: Seconds a request may run before it is cancelled and answered
-            "timeout", > 0; None ("off") waits for ever.
+        request_timeout: Seconds a request may run, then it is answered "timeout", > 0.
         sessions: Allow restorable sessions; false refuses them with "sessions_disabled".
         max_session_connections: Most connections holding one session, >= 0 (0: no limit).
-        session_expiry: Seconds a session nobody restores is kept by the store, > 0; None
-            ("off") keeps it until it is closed.
+        session_expiry: Seconds the store keeps a session nobody restores, > 0.
         log_format: Log output of the CLI: "console" (for people) or "json" (one object a line).
         log_level: Lowest level logged by the CLI: "debug", "info", "warning" or "error".
         log_connections: Log every connection's open and close at info level (peer, user,
