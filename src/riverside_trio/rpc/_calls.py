@@ -99,8 +99,8 @@ class RPCMethods:
     """Request/reply and sessions on a :class:`~riverside_trio.Connection` (a mixin: the
     methods are documented on Connection)."""
 
-    __slots__ = ("_rpc",)
-    _rpc: ConnRPC  # made by the router on first use
+    __slots__ = ()  # the Connection holds _rpc, made by the router on first use
+    _rpc: ConnRPC
 
     async def request(self, name: str, payload: Any = None, *, timeout: float = 60.0) -> Any:
         """Send the client a request and wait for its reply; returns the reply's payload.

@@ -73,8 +73,7 @@ class ServerView(Protocol):
     ) -> int: ...
 
 
-class Connection(Gate):
-from ..rpc._calls import RPCMethods
+class Connection(Gate, RPCMethods):
     """An open WebSocket connection, as handler callbacks receive it.
 
     No method blocks: deliveries are encoded once, written or queued at once. ``state`` is
@@ -101,6 +100,7 @@ from ..rpc._calls import RPCMethods
         "_outbox",
         "_ping_sent_at",
         "_reader",
+        "_rpc",
         "_scope",
         "_side",
         "_transport",
