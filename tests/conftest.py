@@ -12,8 +12,14 @@ import importlib
 from types import ModuleType
 
 import pytest
+from hypothesis import settings
 
 from ._tls import Certs, make_certs
+
+# No per-example deadline: on a loaded 2-core machine one example can take longer than
+# hypothesis's default 200 ms for reasons that have nothing to do with the code under test.
+settings.register_profile("riverside", deadline=None)
+settings.load_profile("riverside")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
