@@ -24,6 +24,14 @@ REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
 START_TIMEOUT = 20.0  # seconds a redis-server may take to answer PING
 
+
+def _missing(what: str) -> None:
+    """Skip where Redis is not installed, but fail in CI (which installs it)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} (CI must install it: .ci/run)")
+    pytest.skip(what)
+
+
 needs_redis = pytest.mark.skipif(
     REDIS_SERVER is None and not os.environ.get("CI"),
     reason="redis-server is not installed (.ci/run installs it)",
@@ -105,7 +113,7 @@ class RedisServer:
 
     def __init__(self, *extra: str, port: int | None = None) -> None:
         if REDIS_SERVER is None:
-            pytest.skip("redis-server is not installed")
+            _missing("redis-server is not installed")
         self.dir = tempfile.mkdtemp(prefix="redis-rt-")
         self.port = port if port is not None else free_port()
         self.extra = extra
@@ -160,7 +168,7 @@ class RedisCluster:
 
     def __init__(self) -> None:
         if REDIS_SERVER is None or REDIS_CLI is None:
-            pytest.skip("redis-server and redis-cli are not installed")
+            _missing("redis-server and redis-cli are not installed")
         self.nodes = [
             RedisServer(
                 "--cluster-enabled", "yes",
