@@ -49,6 +49,7 @@ from ._helpers import (
     upgrade_request,
     wait_until,
 )
+from ._hostile import masked
 from ._tls import Certs
 
 OP_TEXT, OP_CLOSE, OP_PING = 0x1, 0x8, 0x9
@@ -83,23 +84,6 @@ def serving(handler: Handler, **settings: Any) -> AbstractAsyncContextManager[Se
 
 
 # ---------------------------------------------------------------------------- frames
-
-
-def masked(payload: bytes, opcode: int = OP_TEXT) -> bytes:
-    """A masked client frame, fast enough to build floods with (XOR as one big integer)."""
-    n = len(payload)
-    key = os.urandom(4)
-    if n < 126:
-        head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
-    elif n < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
-    if not n:
-        return head + key
-    stream = (key * (n // 4 + 1))[:n]
-    body = (int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
-    return head + key + body
 
 
 def text(data: str) -> bytes:
