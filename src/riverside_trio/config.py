@@ -13,20 +13,30 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import inspect
 import math
 import os
-import re
 import tomllib
-import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import structlog
 
 from ._config_lists import check_networks, check_origins
+from ._config_rules import (
+    OFF_WORDS,
+    Rule,
+    describe,
+    field_docs,
+    in_range,
+    is_path,
+    parse_text,
+    sourced_error,
+    split_optional,
+    suggest,
+)
+from ._config_rules import setting as _setting
 from .delivery.broker._url import parse_broker_url
 from .errors import ConfigError
 
@@ -46,26 +56,6 @@ _OTHER_ENV_VARS = frozenset(
         "RIVERSIDE_REQUIRE_EXTENSIONS",  # tests: fail unless the compiled module loaded
     }
 )
-
-_OFF_WORDS = frozenset({"off", "none"})
-_TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-_FALSE_WORDS = frozenset({"0", "false", "no", "off"})
-
-
-@dataclass(frozen=True, slots=True)
-class _Rule:
-    """Constraints beyond the annotated type, kept in each field's metadata."""
-
-    min: float | None = None  # inclusive lower bound
-    gt: float | None = None  # exclusive lower bound
-    max: float | None = None  # inclusive upper bound
-    unit: str = ""  # "seconds" or "bytes", for messages
-    url_path: bool = False  # a string starting with "/"
-    note: str = ""  # appended to the "allowed" description
-
-
-def _setting(default: Any, **rule: Any) -> Any:
-    return field(default=default, metadata={"rule": _Rule(**rule)})
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -360,13 +350,6 @@ def _assemble(layers: Iterable[_Layer]) -> Config:
         raise _sourced_error(exc.setting, sources[exc.setting], message) from None
 
 
-def _sourced_error(name: str, source: str, message: str) -> ConfigError:
-    """A ConfigError for ``name`` whose text reads ``name (from source): message``."""
-    exc = ConfigError(name, message)
-    exc.args = (f"{name} (from {source}): {message}",)
-    return exc
-
-
 def _toml_layer(path: str | os.PathLike[str]) -> _Layer:
     shown = os.fspath(path)
     try:
@@ -410,41 +393,12 @@ def _env_layer(env: Mapping[str, str], on_unknown: Callable[[str, str], None]) -
     return layer
 
 
-def _parse_text(name: str, text: str, source: str) -> object:
-    """Parse ``text`` (from an environment variable or a flag) into a value for ``name``.
-
-    Only the form is checked here; ranges are checked by ``Config``.
-
-    Raises:
-        ConfigError: ``text`` does not parse; the message names ``name`` and ``source``.
-    """
-    hint = _hints()[name]
-    optional, base = _split_optional(hint)
-    word = text.strip().lower()
-    if optional and word in _OFF_WORDS:
-        return None
-    try:
-        if base is bool:
-            if word in _TRUE_WORDS:
-                return True
-            if word in _FALSE_WORDS:
-                return False
-            raise ValueError
-        if base is int:
-            return int(word)
-        if base is float:
-            return float(word)
-        if typing.get_origin(base) is Literal:
-            return word
-        if typing.get_origin(base) is tuple:
-            return tuple(part.strip() for part in text.split(",") if part.strip())
-        return text.strip()
-    except ValueError:
-        expected = _describe_text(name)
-        raise _sourced_error(name, source, f"expected {expected}, got {text!r}") from None
-
-
 # -- validation ----------------------------------------------------------------------------
+
+_split_optional = split_optional
+_suggest = suggest
+_sourced_error = sourced_error
+_OFF_WORDS = OFF_WORDS
 
 
 @functools.cache
@@ -453,21 +407,13 @@ def _hints() -> dict[str, Any]:
 
 
 @functools.cache
-def _rules() -> dict[str, _Rule]:
-    return {f.name: f.metadata.get("rule", _Rule()) for f in dataclasses.fields(Config)}
+def _rules() -> dict[str, Rule]:
+    return {f.name: f.metadata.get("rule", Rule()) for f in dataclasses.fields(Config)}
 
 
 @functools.cache
 def _field_names() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(Config))
-
-
-def _split_optional(hint: Any) -> tuple[bool, Any]:
-    """``X | None`` -> ``(True, X)``; any other type -> ``(False, type)``."""
-    if typing.get_origin(hint) in (types.UnionType, typing.Union):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return True, args[0]
-    return False, hint
 
 
 def _optional(name: str) -> bool:
@@ -489,87 +435,27 @@ def _check(name: str, value: object) -> object:
     if base is bool:
         ok = isinstance(value, bool)
     elif base is int:
-        ok = isinstance(value, int) and not isinstance(value, bool) and _in_range(value, rule)
+        ok = isinstance(value, int) and not isinstance(value, bool) and in_range(value, rule)
     elif base is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             result = float(value)
-            ok = math.isfinite(result) and _in_range(result, rule)
+            ok = math.isfinite(result) and in_range(result, rule)
     elif typing.get_origin(base) is Literal:
         ok = isinstance(value, str) and value in typing.get_args(base)
     elif base is str:
-        ok = isinstance(value, str) and bool(value) and (not rule.url_path or _is_path(value))
+        ok = isinstance(value, str) and bool(value) and (not rule.url_path or is_path(value))
     if not ok:
         raise ConfigError(name, f"must be {_describe(name)}, got {value!r}")
     return result
 
 
-def _in_range(value: float, rule: _Rule) -> bool:
-    return (
-        (rule.min is None or value >= rule.min)
-        and (rule.gt is None or value > rule.gt)
-        and (rule.max is None or value <= rule.max)
-    )
-
-
-_PATH_RE = re.compile(r"/[^\s?#]*")
-
-
-def _is_path(value: str) -> bool:
-    return _PATH_RE.fullmatch(value) is not None
+def _parse_text(name: str, text: str, source: str) -> object:
+    """Parse ``text`` from ``source`` (a variable or a flag) for the setting ``name``."""
+    return parse_text(name, text, source, _hints()[name], _rules()[name])
 
 
 def _describe(name: str) -> str:
-    """What ``Config`` accepts for ``name``, for error messages."""
-    optional, base = _split_optional(_hints()[name])
-    rule = _rules()[name]
-    if base is bool:
-        text = "True or False"
-    elif base is int or base is float:
-        if base is int:
-            text = f"an integer number of {rule.unit}" if rule.unit else "an integer"
-        else:
-            text = f"a number of {rule.unit}" if rule.unit else "a number"
-        if rule.min is not None and rule.max is not None:
-            text += f" from {rule.min:g} to {rule.max:g}"
-        elif rule.min is not None:
-            text += f" >= {rule.min:g}"
-        elif rule.gt is not None:
-            text += f" > {rule.gt:g}"
-    elif typing.get_origin(base) is Literal:
-        text = "one of " + ", ".join(repr(c) for c in typing.get_args(base))
-    elif typing.get_origin(base) is tuple and name == "trusted_proxies":
-        return "a list of addresses or networks like '10.0.0.0/8'"
-    elif typing.get_origin(base) is tuple:
-        return "a list of origins like 'https://example.com', or None to allow any"
-    elif base is str and rule.url_path:
-        text = "a URL path starting with '/' (no spaces, '?' or '#')"
-    else:
-        text = "a non-empty string"
-    if rule.note:
-        text += f" {rule.note}"
-    if optional:
-        text += ", or None to turn it off"
-    return text
-
-
-def _describe_text(name: str) -> str:
-    """What ``_parse_text`` accepts for ``name``, for error messages."""
-    optional, base = _split_optional(_hints()[name])
-    rule = _rules()[name]
-    if base is bool:
-        return "one of 1/0, true/false, yes/no, on/off"
-    if base is int:
-        text = f"an integer number of {rule.unit}" if rule.unit else "an integer"
-    elif base is float:
-        text = f"a number of {rule.unit}" if rule.unit else "a number"
-    else:  # str, Literal and tuple values always parse; Config checks them
-        return _describe(name)
-    return f"{text} or 'off'" if optional else text
-
-
-def _suggest(name: str, candidates: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return describe(name, _hints()[name], _rules()[name])
 
 
 # -- documentation -------------------------------------------------------------------------
@@ -577,24 +463,5 @@ def _suggest(name: str, candidates: Iterable[str]) -> str:
 
 @functools.cache
 def _field_docs() -> dict[str, str]:
-    """The ``Attributes:`` entries of :class:`Config`'s docstring, by field name.
-
-    The CLI uses them as ``--help`` texts, so each setting is documented in one place.
-    """
-    docs: dict[str, str] = {}
-    lines = inspect.cleandoc(Config.__doc__ or "").splitlines()
-    try:
-        start = lines.index("Attributes:") + 1
-    except ValueError:
-        return docs
-    current = None
-    for line in lines[start:]:
-        if line and not line.startswith(" "):
-            break  # the next section
-        entry = re.fullmatch(r" {4}(\w+): (.*)", line)
-        if entry:
-            current = entry[1]
-            docs[current] = entry[2]
-        elif current is not None and line.strip():
-            docs[current] += " " + line.strip()
-    return docs
+    """The ``Attributes:`` entries of :class:`Config`'s docstring, by field name."""
+    return field_docs(Config.__doc__ or "")

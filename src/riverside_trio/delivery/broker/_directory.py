@@ -98,6 +98,7 @@ class Directory:
         self._wake = trio.Event()
         self.cluster_nodes = 0
         self.cluster_connections = 0
+        self._refreshed_at = -float("inf")  # trio time the node's entry was last written
 
     # ------------------------------------------------------------------ from the node
 
@@ -158,7 +159,7 @@ class Directory:
             if self.names.get(name, ("",))[0] != holder:
                 claim._settle()  # released before Redis was asked
                 continue
-            if await self._claim(keys=[self._name_key(name)], args=[holder, self.ttl_ms]) == 1:
+            if await self._claim(keys=[self._name_key(name)], args=[holder, self._name_ttl()]) == 1:
                 claim._settle()
             else:
                 self._lost(name, holder)
@@ -196,7 +197,13 @@ class Directory:
                 "connections": count,
             }
         )
+        # Names first, then the node's own entry: each name's TTL then ends no later than
+        # the node's, so a name never outlives, in Redis, the node that held it.
+        for name, (holder, _member) in list(self.names.items()):
+            if await self._claim(keys=[self._name_key(name)], args=[holder, self.ttl_ms]) != 1:
+                self._lost(name, holder)
         client = self.client
+        self._refreshed_at = trio.current_time()
         async with client.pipeline(transaction=False) as pipe:
             pipe.set(self.info_key, info, px=self.ttl_ms)
             pipe.zadd(self.nodes_key, {self.broker.node_id: int(now * 1000)})
@@ -205,12 +212,16 @@ class Directory:
         if count and not await alive:  # Redis lost our entries (restarted empty)
             for conn in self.registry.connections:
                 self._dirty[conn.id] = conn
-        for name, (holder, _member) in list(self.names.items()):
-            if await self._claim(keys=[self._name_key(name)], args=[holder, self.ttl_ms]) != 1:
-                self._lost(name, holder)
         nodes = await self._nodes()
         self.cluster_nodes = len(nodes)
         self.cluster_connections = sum(n.connections for n in nodes)
+
+    def _name_ttl(self) -> int:
+        """The TTL (ms) of a name claimed between refreshes: it ends a little before the
+        node's own entry does, so a node killed now frees the name no later than it vanishes.
+        """
+        left = self.ttl_ms - int((trio.current_time() - self._refreshed_at) * 1000) - 100
+        return max(100, min(self.ttl_ms, left))
 
     def _lost(self, name: str, holder: str) -> None:
         """Another connection holds ``name`` in Redis: release it here, tell the holder."""
