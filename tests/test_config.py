@@ -120,7 +120,33 @@ BAD_VALUES: dict[str, list[object]] = {
         ["https://example.com:99999"],
         ["https://example.com?x=1"],
         [1],
+        ["https://*.com"],  # a wildcard over a top-level domain
+        ["https://a*.example.com"],
+        ["https://*example.com"],
+        ["*.example.com"],
+        ["https://*.*.example.com"],
+        ["https://*.example.com/app"],
     ],
+    "allow_missing_origin": [1, "yes", None],
+    "jwt_secret": ["", 1, "x" * 31],  # the last: shorter than HS256's 32 bytes
+    "jwt_public_key_file": ["", 1],
+    "jwt_jwks": ["", 1],
+    "jwt_algorithms": [
+        "HS256",  # a bare string
+        ["none"],
+        ["HS256", "RS256"],  # HMAC and public-key algorithms mixed
+        ["RS512"],
+        [256],
+        ["HS256"],  # without a key
+    ],
+    "jwt_audience": ["", 1, "api"],  # the last: without a key
+    "jwt_issuer": ["", 1, "https://issuer.example"],
+    "jwt_require_exp": [1, "yes", None],
+    "jwt_leeway": [-1, None, "5", float("nan")],
+    "jwt_max_length": [63, 0, None, "8k"],
+    "jwt_jwks_refresh": [0, -1, None],
+    "jwt_jwks_min_refresh": [0, None],
+    "default_channels": ["news", [""], [1], None, ["  "]],
     "health_path": ["health", "", None, "/ws"],
     "metrics_path": ["metrics", "", "/health"],
     "request_concurrency": [0, -1, None, "2", 1.5],
@@ -186,6 +212,13 @@ def test_error_message_says_what_is_allowed() -> None:
         {"max_header_size": 1024},
         {"host": "::"},
         {"allowed_origins": ("https://example.com", "http://localhost:3000")},
+        {"allowed_origins": ("https://*.example.com", "http://*.example.com:8080")},
+        {"jwt_secret": "k" * 32},
+        {"jwt_secret": "k" * 64, "jwt_algorithms": ("HS256", "HS512")},
+        {"jwt_jwks": "https://issuer.example/jwks.json", "jwt_algorithms": ("RS256", "EdDSA")},
+        {"jwt_public_key_file": "key.pem", "jwt_audience": "api", "jwt_issuer": "me"},
+        {"default_channels": ("news", "global")},
+        {"jwt_leeway": 0.0, "jwt_max_length": 64},
         {"max_headers": 1, "max_pending_handshakes": 1, "max_pending_per_address": 1},
         {"authenticate_timeout": 0.001},
         {"trusted_proxies": ()},

@@ -13,6 +13,8 @@ EXPECTED = {
     "Accept",
     "AuthError",
     "AuthRequest",
+    "Authenticator",
+    "JWTAuthenticator",
     "BrokerError",
     "CBORCodec",
     "ClusterView",

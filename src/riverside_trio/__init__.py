@@ -6,6 +6,10 @@ Write one :class:`Handler`, then ``riverside-trio serve module:Handler`` or embe
 
 from __future__ import annotations
 
+# client authentication
+from .auth import Authenticator as Authenticator
+from .auth import JWTAuthenticator as JWTAuthenticator
+
 # the Trio client
 from .client import Client as Client
 from .client import open_client as open_client

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -87,7 +87,8 @@ class AuthRequest:
         forwarded_for: the client's address as your reverse proxy saw it: read from
             ``X-Forwarded-For`` only when ``peer`` is one of ``Config.trusted_proxies``
             (the right-most address there that is not a trusted proxy); None otherwise.
-        subprotocols: the subprotocols the client offered, in its order of preference.
+        subprotocols: the subprotocols the client offered, in its order of preference
+            (without a token sent as ``riverside.jwt, <token>``: see the README's "JWT").
     """
 
     path: str
@@ -97,6 +98,11 @@ class AuthRequest:
     peer: tuple[str, int]
     forwarded_for: str | None = None
     subprotocols: tuple[str, ...] = ()
+    # The server's configured authenticators (JWT, claims), which the default
+    # Handler.authenticate tries in order; set by the server.
+    _authenticators: tuple[Callable[[AuthRequest], Awaitable[Accept | None]], ...] = field(
+        default=(), repr=False, compare=False
+    )
 
     @property
     def origin(self) -> str | None:
@@ -137,14 +143,24 @@ class Accept:
         session_id: this connection's session; random (40 lowercase hex digits) if None.
         state: the initial ``conn.state``; a new empty dict if None.
         subprotocol: the subprotocol to select; must be one the client offered.
+        channels: channels the connection joins when it opens, before ``init`` (as a
+            token's ``channels`` claim does); ``Config.default_channels`` are joined too.
     """
 
     user_id: str
     session_id: str | None = None
     state: Any = None
     subprotocol: str | None = None
+    channels: Sequence[str] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.channels, str) or not all(
+            isinstance(c, str) and c for c in self.channels
+        ):
+            raise TypeError(
+                f"Accept.channels must be a list of non-empty str, got {self.channels!r}"
+            )
+        object.__setattr__(self, "channels", tuple(self.channels))
         if not isinstance(self.user_id, str) or not self.user_id:
             raise TypeError(f"Accept.user_id must be a non-empty str, got {self.user_id!r}")
         if self.session_id is not None and (

@@ -47,6 +47,7 @@ _GROUP_STARTS = {
     "max_connections": "limits",
     "handshake_timeout": "timeouts (seconds)",
     "permessage_deflate": "behaviour",
+    "allowed_origins": "client authentication (Origin rules, JWT)",
     "request_concurrency": "request/reply and sessions",
     "log_format": "logging",
     "broker_url": "several nodes (Redis)",
@@ -89,10 +90,20 @@ def _serve(args: argparse.Namespace) -> int:
             make_ssl_context(config)
         except ConfigError as exc:
             return _usage_error(str(exc))
+    if config.jwt_secret or config.jwt_public_key_file or config.jwt_jwks:
+        from .auth import JWTAuthenticator
+
+        try:  # an unreadable or wrong key file is a usage error, before anything listens
+            JWTAuthenticator(config)
+        except ConfigError as exc:
+            return _usage_error(str(exc))
     configure_logging(config.log_format, config.log_level)
     for var, problem in unknown_env:
         log.warning("unknown_environment_variable", variable=var, problem=problem)
-    log.debug("config", **dataclasses.asdict(config))
+    shown = {
+        k: "<hidden>" if k in _SECRETS and v else v for k, v in dataclasses.asdict(config).items()
+    }
+    log.debug("config", **shown)
 
     if args.handler is None:
         from ._demo import DemoHandler
@@ -219,7 +230,12 @@ def load_handler(spec: str) -> Handler:
 _REPEATED = {
     "allowed_origins": ("--allowed-origin", "ORIGIN"),
     "trusted_proxies": ("--trusted-proxy", "ADDRESS|CIDR"),
+    "jwt_algorithms": ("--jwt-algorithm", "ALGORITHM"),
+    "default_channels": ("--default-channel", "CHANNEL"),
 }
+
+# Settings whose values are never logged.
+_SECRETS = frozenset({"jwt_secret"})
 
 
 def _flag(name: str) -> str:
@@ -255,6 +271,10 @@ def _help(name: str) -> str:
         doc += " Repeat the flag for several origins."
     elif name == "trusted_proxies":
         doc += " Repeat the flag for several proxies."
+    elif name == "jwt_algorithms":
+        doc += " Repeat the flag for several algorithms."
+    elif name == "default_channels":
+        doc += " Repeat the flag for several channels."
     shown = "off" if default is None else "none" if default == () else default
     env = ENV_PREFIX + name.upper()
     return f"{doc} (default: {shown}; env {env})".replace("%", "%%")

@@ -23,7 +23,8 @@ from typing import Any, Literal
 
 import structlog
 
-from ._config_lists import check_networks, check_origins
+from ._config_auth import check_jwt_settings
+from ._config_lists import check_algorithms, check_channels, check_networks, check_origins
 from ._config_rules import (
     OFF_WORDS,
     Rule,
@@ -135,8 +136,37 @@ class Config:
         poller: How plain-TCP connections wait for data: "auto" (on Linux an edge-triggered
             epoll of the server's own, each socket registered once; elsewhere Trio's
             wait_readable) or "trio" (always Trio's wait_readable).
-        allowed_origins: Origins allowed to open a WebSocket, each exactly
-            "scheme://host[:port]" (compared lowercased); None ("off") allows any Origin.
+        allowed_origins: Origins allowed to open a WebSocket (browsers send Origin), each
+            "scheme://host[:port]" or a wildcard subdomain "https://*.example.com" (any
+            subdomain, not example.com itself); compared lowercased. Any other Origin gets
+            403 before authenticate runs. None ("off") allows any Origin.
+        allow_missing_origin: With allowed_origins set, admit requests without an Origin
+            header (not from a browser: servers, CLI tools); false refuses them with 403.
+        jwt_secret: HMAC secret that signs the JSON Web Tokens clients connect with (see
+            "JWT"), at least as many bytes as the hash (HS256: 32, HS384: 48, HS512: 64).
+            Turns JWT authentication on; None ("off"): no secret.
+        jwt_public_key_file: PEM file of the public key (or certificate) that checks the
+            tokens' RS256, ES256 or EdDSA signatures. Turns JWT authentication on.
+        jwt_jwks: A JWKS document of public keys, chosen by each token's "kid": a file, or
+            an http(s) URL fetched off the event loop, cached for jwt_jwks_refresh seconds
+            and fetched again (at most every jwt_jwks_min_refresh seconds) when a token
+            names a kid it does not hold. Turns JWT authentication on.
+        jwt_algorithms: The signature algorithms accepted, pinned (never read from the
+            token): HS256, HS384, HS512 with jwt_secret (default HS256); RS256, ES256, EdDSA
+            with a public key (default: the key's own; required with jwt_jwks). A list
+            never mixes HMAC and public-key algorithms.
+        jwt_audience: The "aud" a token must carry (checked, and required, when set).
+        jwt_issuer: The "iss" a token must carry (checked, and required, when set).
+        jwt_require_exp: Refuse tokens without an "exp" (expiry) claim.
+        jwt_leeway: Seconds of clock skew allowed when checking "exp", "nbf" and "iat", >= 0.
+        jwt_max_length: Longest token accepted, in bytes, >= 64; a longer one is refused
+            (401) before it is decoded.
+        jwt_jwks_refresh: Seconds a JWKS fetched from a URL is used before it is fetched
+            again, > 0.
+        jwt_jwks_min_refresh: Fewest seconds between two fetches of the JWKS URL (an unknown
+            kid, a failed fetch), > 0.
+        default_channels: Channels every connection joins when it opens, before init
+            (after the channels of its token or claim).
         health_path: URL path answering plain HTTP health checks; starts with "/".
         metrics_path: URL path of the Prometheus metrics; None ("off") turns the endpoint off.
         request_concurrency: Requests of one connection an RPCHandler runs at once, >= 1.
@@ -205,9 +235,24 @@ class Config:
     permessage_deflate: bool = False
     invalid_message: Literal["ignore", "close"] = "ignore"
     poller: Literal["auto", "trio"] = "auto"
-    allowed_origins: tuple[str, ...] | None = None
     health_path: str = _setting("/health", url_path=True)
     metrics_path: str | None = _setting("/metrics", url_path=True)
+
+    # client authentication: Origin rules, JWT (see "JWT" and "Origin rules" in the README)
+    allowed_origins: tuple[str, ...] | None = None
+    allow_missing_origin: bool = False
+    jwt_secret: str | None = dataclasses.field(default=None, repr=False)
+    jwt_public_key_file: str | None = None
+    jwt_jwks: str | None = None
+    jwt_algorithms: tuple[str, ...] = ()
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_require_exp: bool = True
+    jwt_leeway: float = _setting(0.0, min=0, unit="seconds")
+    jwt_max_length: int = _setting(8192, min=64, unit="bytes")
+    jwt_jwks_refresh: float = _setting(300.0, gt=0, unit="seconds")
+    jwt_jwks_min_refresh: float = _setting(10.0, gt=0, unit="seconds")
+    default_channels: tuple[str, ...] = ()
 
     # request/reply and sessions (RPCHandler)
     request_concurrency: int = _setting(1, min=1)
@@ -237,6 +282,14 @@ class Config:
             for name in ("tls_keyfile", "tls_ca_file"):
                 if getattr(self, name) is not None:
                     raise ConfigError(name, "needs tls_certfile: set the certificate too")
+        check_jwt_settings(
+            algorithms=self.jwt_algorithms,
+            secret=self.jwt_secret,
+            public_key_file=self.jwt_public_key_file,
+            jwks=self.jwt_jwks,
+            audience=self.jwt_audience,
+            issuer=self.jwt_issuer,
+        )
         if self.broker_url is not None:
             try:
                 parse_broker_url(self.broker_url)
@@ -281,10 +334,11 @@ def load_config(
             that is set, else no file. Optional settings accept the string ``"off"``.
         env: Environment variables, ``os.environ`` when None. ``RIVERSIDE_<NAME>`` sets the
             setting ``<name>``: ``off``/``none`` turns an optional setting off, booleans are
-            ``1/0/true/false/yes/no/on/off``, ``allowed_origins`` and ``trusted_proxies`` are
-            comma-separated. A ``RIVERSIDE_*`` variable that names no setting is logged as a
-            warning (with the closest setting's name) and ignored: an application may have
-            its own.
+            ``1/0/true/false/yes/no/on/off``, lists (``allowed_origins``,
+            ``trusted_proxies``, ``jwt_algorithms``, ``default_channels``) are
+            comma-separated. A ``RIVERSIDE_*`` variable that names no setting is logged as
+            a warning (with the closest setting's name) and ignored: an application may
+            have its own.
         overrides: Setting values that win over everything, e.g. command-line flags.
 
     Raises:
@@ -395,6 +449,14 @@ def _env_layer(env: Mapping[str, str], on_unknown: Callable[[str, str], None]) -
 
 # -- validation ----------------------------------------------------------------------------
 
+# The settings that are lists, and the check of each.
+_LIST_CHECKS: dict[str, Callable[[str, object], tuple[str, ...]]] = {
+    "trusted_proxies": check_networks,
+    "allowed_origins": check_origins,
+    "jwt_algorithms": check_algorithms,
+    "default_channels": check_channels,
+}
+
 _split_optional = split_optional
 _suggest = suggest
 _sourced_error = sourced_error
@@ -427,9 +489,7 @@ def _check(name: str, value: object) -> object:
     if value is None and optional:
         return None
     if typing.get_origin(base) is tuple:
-        if name == "trusted_proxies":
-            return check_networks(name, value)
-        return check_origins(name, value)
+        return _LIST_CHECKS[name](name, value)
     result = value
     ok = False
     if base is bool:

@@ -28,7 +28,7 @@ from ._values import HTTPResponse as HTTPResponse
 from ._values import TaskFailed as TaskFailed
 from ._values import TaskResult as TaskResult
 from ._values import TerminateReason as TerminateReason
-from ._values import new_session_id
+from .auth._base import authenticate_default
 from .codecs import Codec, JSONCodec
 
 if TYPE_CHECKING:
@@ -60,13 +60,18 @@ class Handler:
     async def authenticate(self, req: AuthRequest) -> Accept:
         """Decide who the client is before the upgrade completes.
 
-        The default accepts everyone with a random user id and session id. Raise
-        :class:`~riverside_trio.AuthError` to refuse with an HTTP status; any other
+        The default uses the authenticators the settings configure: with a JWT key (see
+        the README's "JWT") a valid token is required, and gives the user (``sub``),
+        session (``sid``) and channels; with none configured it accepts everyone with a
+        random user id and session id. An override can call
+        ``await super().authenticate(req)`` to use them and then decide more.
+
+        Raise :class:`~riverside_trio.AuthError` to refuse with an HTTP status; any other
         exception, or a return value that is not :class:`Accept`, refuses with 500 and is
-        logged. This is a checkpoint-free call from the server's point of view: if the
-        client disconnects or the server shuts down meanwhile, it is cancelled.
+        logged. It runs within ``authenticate_timeout``; if the client disconnects or the
+        server shuts down meanwhile, it is cancelled.
         """
-        return Accept(user_id=new_session_id())
+        return await authenticate_default(req)
 
     async def init(self, conn: Connection) -> None:
         """The connection is open. An exception here closes it with 1011 ``init_failed``."""

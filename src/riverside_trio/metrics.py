@@ -15,6 +15,7 @@ Names follow Riverside's::
     riverside_refused_sockets_total{reason}            counter (pending_global, pending_per_address)
     riverside_queued_bytes                             gauge   (bytes held for sending, node-wide)
     riverside_memory_shed_connections_total            counter (closed by max_queued_bytes)
+    riverside_auth_refused_total{reason}               counter (origin_mismatch, jwt_expired, ...)
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ class Metrics:
         self.outgoing_text = 0
         self.outgoing_binary = 0
         self.rejected: Counter[int] = Counter()
+        self.auth_refused: Counter[str] = Counter()
+        """Upgrades refused by the Origin rules or authenticate, by reason (AuthError.reason)."""
         self.disconnects: Counter[str] = Counter()
         self.invalid_messages: Counter[str] = Counter()
         self._duration_counts = [0] * (len(DURATION_BUCKETS) + 1)
@@ -190,5 +193,13 @@ class _Collector:
             "Connections closed because the node's queued bytes went over max_queued_bytes",
             m.memory_shed_connections,
         )
+        refusals = CounterMetricFamily(
+            "riverside_auth_refused",
+            "Upgrades refused by the Origin rules or by authenticate, by reason",
+            labels=["reason"],
+        )
+        for reason, n in sorted(m.auth_refused.items()):
+            refusals.add_metric([reason], n)
+        yield refusals
         if m.broker is not None:
             yield from m.broker.collect()

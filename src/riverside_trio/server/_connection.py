@@ -93,6 +93,7 @@ class Connection(Gate, RPCMethods):
         "_inflater",
         "_info_task",
         "_infos",
+        "_join",
         "_last_ping",
         "_last_rx",
         "_names",
@@ -125,6 +126,7 @@ class Connection(Gate, RPCMethods):
         subprotocol: str | None,
         leftover: bytes,
         inflater: Inflater | None = None,
+        channels: tuple[str, ...] = (),
     ) -> None:
         super().__init__()  # the callback gate
         self._core = core
@@ -140,6 +142,7 @@ class Connection(Gate, RPCMethods):
         self._names: set[str] | None = None
         self._groups: set[str] | None = None
         self._inflater = inflater
+        self._join = channels  # joined when the connection opens
         self._writer = Writer(self, transport)
         self._outbox = self._writer.outbox
         self._reader = Reader(self, transport, leftover, inflater)
@@ -433,6 +436,10 @@ class Connection(Gate, RPCMethods):
         core = self._core
         core.registry.add(self)
         core.metrics.sessions_total += 1
+        if self._join:
+            for channel in self._join:
+                core.registry.join(self, channel)
+            self._join = ()
         if self._inflater is not None:
             core.hub.deflate_connections += 1
         try:

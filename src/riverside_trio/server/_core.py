@@ -14,6 +14,7 @@ import trio
 from trio.lowlevel import ParkingLot
 
 from .._values import Accept, AuthRequest, ControlFrame, HTTPRequest, HTTPResponse, TerminateReason
+from ..auth import OriginRules, configured_authenticators
 from ..codecs import RawBinaryCodec, RawCodec, RawTextCodec, check_codec
 from ..config import Config
 from ..delivery.hub import Hub
@@ -99,6 +100,14 @@ class Core:
         self.poller: Poller | None = None
         self.close_on_overflow = config.outbox_policy == "close"
         self.custom_authenticate = "authenticate" in overridden
+        # Client authentication: the ready-made authenticators the settings ask for (a
+        # Handler without authenticate tries them), and the Origin rules (None: any).
+        self.authenticators = tuple(configured_authenticators(config))
+        self.origins = (
+            None
+            if config.allowed_origins is None
+            else OriginRules(config.allowed_origins, allow_missing=config.allow_missing_origin)
+        )
         self.wants_control = "handle_control" in overridden
         self.has_terminate = "terminate" in overridden
         # Request/reply (RPCHandler): takes envelopes off the read path; requests queued

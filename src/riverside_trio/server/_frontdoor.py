@@ -14,10 +14,13 @@ Decisions, in order (RFC 6455 section 4.2.1 for the upgrade):
   ``GET``, not HTTP/1.1, a body (``Content-Length`` other than 0, or any
   ``Transfer-Encoding``), no ``Connection: upgrade``, or a ``Sec-WebSocket-Key`` that is not
   16 bytes of base64 -> 400; a ``Sec-WebSocket-Version`` other than 13 -> 400 with
-  ``Sec-WebSocket-Version: 13``; an ``Origin`` outside ``allowed_origins`` -> 403; the
+  ``Sec-WebSocket-Version: 13``; an ``Origin`` outside ``allowed_origins``, or none when
+  ``allow_missing_origin`` is off -> 403 (``auth/_origin.py``); the
   server shutting down or at ``max_connections`` -> 503 (before ``authenticate`` runs);
   then ``authenticate`` decides within ``authenticate_timeout`` (else 504): ``AuthError``
-  -> its status, anything else but :class:`Accept` -> 500.
+  -> its status, anything else but :class:`Accept` -> 500. A handler without
+  ``authenticate`` uses the configured authenticators (``auth/``). The 101 selects
+  ``Accept.subprotocol``, else ``riverside.jwt`` when offered (a token's marker).
 - A plain request: ``health_path`` -> 200 ``OK``; ``metrics_path`` -> Prometheus text;
   ``Config.path`` -> 426 with ``Upgrade: websocket``; ``/riverside.js`` -> the browser
   client; anything else -> ``handle_http``,
@@ -34,6 +37,7 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .._values import Accept, AuthRequest, Headers, HTTPRequest, HTTPResponse, new_session_id
+from ..auth import JWT_SUBPROTOCOL, split_jwt_subprotocol
 from ..client._js import CLIENT_JS_PATH, CLIENT_JS_TYPE, client_js
 from ..errors import AuthError
 from ..wire.deflate import Inflater, negotiate
@@ -218,11 +222,18 @@ async def handle_request(
     key = trim(keys[0]) if len(keys) == 1 else ""
     if not valid_key(key):
         return await _reject(core, transport, 400, "Sec-WebSocket-Key must be 16 bytes in base64\n")
-    origin = headers.get("origin")
-    if cfg.allowed_origins is not None and (
-        origin is None or origin.lower() not in cfg.allowed_origins
-    ):
-        return await _reject(core, transport, 403, "origin not allowed\n")
+    if core.origins is not None:
+        refused = core.origins.refusal(headers.get_all("origin"))
+        if refused is not None:
+            core.metrics.auth_refused[refused] += 1
+            return await _reject(
+                core,
+                transport,
+                403,
+                "origin not allowed\n"
+                if refused == "origin_mismatch"
+                else "an Origin header is required\n",
+            )
     if core.shutting_down:
         return await _reject(core, transport, 503, "server shutting down\n", _RETRY)
     if len(core.registry) + core.handshakes >= cfg.max_connections:
@@ -236,7 +247,9 @@ async def handle_request(
         headers=headers,
         peer=peer,
         forwarded_for=forwarded_for,
-        subprotocols=subprotocols(headers),
+        # a token sent as "riverside.jwt, <token>" is no subprotocol: it is never selected
+        subprotocols=split_jwt_subprotocol(subprotocols(headers))[0],
+        _authenticators=core.authenticators,
     )
     core.handshakes += 1
     try:
@@ -249,6 +262,7 @@ async def handle_request(
             core.warn("authenticate_timeout", peer=peer, timeout=cfg.authenticate_timeout)
             return await _reject(core, transport, 504, "authenticate took too long\n")
         except AuthError as exc:
+            core.metrics.auth_refused[exc.reason or "handler"] += 1
             return await _reject(core, transport, exc.status, exc.body, exc.headers)
         except Exception:
             log.exception("authenticate_failed", peer=peer, path=path)
@@ -256,9 +270,13 @@ async def handle_request(
         if not isinstance(accept, Accept):
             log.error("authenticate_bad_result", result=repr(accept)[:200], peer=peer)
             return await _reject(core, transport, 500, "internal error\n")
-        if accept.subprotocol is not None and accept.subprotocol not in auth_request.subprotocols:
-            log.error("subprotocol_not_offered", subprotocol=accept.subprotocol, peer=peer)
+        subprotocol = accept.subprotocol
+        if subprotocol is not None and subprotocol not in auth_request.subprotocols:
+            log.error("subprotocol_not_offered", subprotocol=subprotocol, peer=peer)
             return await _reject(core, transport, 500, "internal error\n")
+        if subprotocol is None and JWT_SUBPROTOCOL in auth_request.subprotocols:
+            # A browser fails a connection that selects none of the protocols it offered.
+            subprotocol = JWT_SUBPROTOCOL
         if core.shutting_down:
             return await _reject(core, transport, 503, "server shutting down\n", _RETRY)
 
@@ -269,7 +287,7 @@ async def handle_request(
             if agreed is not None:
                 extensions, client_resets = agreed
                 inflater = Inflater(cfg.max_message_size, client_resets)
-        if not await transport.send_all(switching_protocols(key, accept.subprotocol, extensions)):
+        if not await transport.send_all(switching_protocols(key, subprotocol, extensions)):
             return None
         leftover = conn.trailing_data[0]
         early = transport.recv_now() if transport.sock is None else None
@@ -280,8 +298,9 @@ async def handle_request(
             user_id=accept.user_id,
             session_id=accept.session_id or new_session_id(),
             state={} if accept.state is None else accept.state,
-            subprotocol=accept.subprotocol,
+            subprotocol=subprotocol,
             leftover=leftover + early if early else leftover,
+            channels=(*cfg.default_channels, *accept.channels),
             inflater=inflater,
         )
     finally:
@@ -309,7 +328,7 @@ async def _authenticate(core: Core, transport: Transport, req: AuthRequest) -> o
         Exception: whatever authenticate raised.
     """
     authenticate = core.handler.authenticate
-    if not core.custom_authenticate:
+    if not core.custom_authenticate and not core.authenticators:
         return await authenticate(req)  # the default never waits: nothing to watch
     outcome: list[object] = []
     with trio.move_on_after(core.config.authenticate_timeout) as limit:
