@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._envelope import Envelope, Malformed, SessionData, from_dict, to_dict
+from ._envelope import Envelope, Malformed, Reply, SessionData, from_dict, to_dict
 from ._webwire import WebwireCodec, parse_session_json, session_json
 
 __all__ = ["Format", "format_for"]
@@ -24,6 +24,11 @@ class Format:
     def out(self, env: Envelope) -> Any:
         """What to hand to the codec to send ``env``."""
         return to_dict(env)
+
+    def reply(self, rid: Any, payload: Any) -> Any:
+        """What to hand to the codec to send the reply ``payload`` to the request ``rid``
+        (``out(Reply(rid, payload))`` without the Reply)."""
+        return {"$": "rep", "id": rid, "data": payload}
 
     def session_payload(self, session: SessionData) -> Any:
         """The payload of the reply to a restore."""
@@ -59,6 +64,9 @@ class _WebwireFormat(Format):
 
     def out(self, env: Envelope) -> Any:
         return env
+
+    def reply(self, rid: Any, payload: Any) -> Any:
+        return Reply(rid, payload)
 
     def session_payload(self, session: SessionData) -> Any:
         return session_json(session)

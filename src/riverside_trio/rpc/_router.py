@@ -7,6 +7,11 @@ the reader, before ``handle_message``, and never awaits):
 - a request or signal joins the connection's queue (see ``_calls``); during a graceful
   shutdown a request is answered ``shutdown`` at once and a signal dropped; more than
   ``outbox_size`` waiting requests: ``too_many_requests``;
+- unless its handler never awaits (no ``await``, ``async for`` or ``async with`` in its
+  body, checked once in its bytecode) and it would start at once (nothing waits in the
+  queue, fewer than ``request_concurrency`` run): then it runs right here, to its end, in
+  the reader's step (no task switch, no cancel scope; it has no checkpoint, so it could not
+  be cancelled by ``request_timeout`` in the request task either);
 - a request handler's return value is the reply; ``RequestError(code, message)`` is an
   error reply with them; any other exception is logged and answered ``internal_error``
   (nothing of it leaks); no reply within ``request_timeout``: ``timeout`` (the handler is
@@ -20,7 +25,7 @@ the reader, before ``handle_message``, and never awaits):
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import structlog
@@ -46,6 +51,8 @@ from ._envelope import (
     Welcome,
 )
 from ._format import Format, format_for
+from ._inline import DEFAULT as _DEFAULT
+from ._inline import inline_table, never_awaits
 from ._sessions import MemoryStore, Sessions, SessionStore, new_session_key
 
 if TYPE_CHECKING:
@@ -152,8 +159,11 @@ class RPCHandler(Handler):
             router = self.__dict__["_rpc_router_"] = Router(self)
         return router
 
-    def _rpc_intercept(self, msg: Any, conn: Connection) -> bool:
-        return self._rpc_router.intercept(msg, conn)
+    @property
+    def _rpc_intercept(self) -> Callable[[Any, Connection], bool]:
+        # Read once by the server: the reader calls the router's method directly.
+        router = self._rpc_router
+        return router.intercept if router.fmt.webwire else router.intercept_dict
 
 
 def _flush(cork: Cork) -> None:
@@ -172,6 +182,11 @@ class Router:
         store = handler.session_store
         self.store: SessionStore = store if store is not None else MemoryStore()
         self.sessions = Sessions()
+        # The handlers that run inline in the reader (see the module's docstring).
+        self.inline_requests = inline_table(handler, handler._rpc_requests)
+        self.inline_signals = inline_table(handler, handler._rpc_signals)
+        self.any_request = never_awaits(handler.handle_request)
+        self.any_signal = never_awaits(handler.handle_signal)
 
     # ---------------------------------------------------------------- the reader's side
 
@@ -194,6 +209,35 @@ class Router:
             size = min(cfg.max_message_size, 2**32 - 1)
             conn.send(Welcome(min(timeout, 2**32 - 1), size, conn.subprotocol or ""))
 
+    def intercept_dict(self, msg: Any, conn: Connection) -> bool:
+        """:meth:`intercept` for dict codecs: a plain request whose handler never awaits
+        and that would start at once runs here without an envelope object."""
+        if type(msg) is dict and msg.get("$") == "req":
+            rid, name = msg.get("id"), msg.get("name")
+            if (
+                type(name) is str
+                and (fn := self.inline_requests.get(name)) is not None
+                and (
+                    (type(rid) is int and -(2**63) <= rid < 2**64)
+                    or (type(rid) is str and len(rid) <= 255)
+                )
+                and len(name) <= 255
+            ):
+                core = conn._core
+                try:
+                    st = conn._rpc
+                except AttributeError:
+                    st = self.state(conn)
+                if (
+                    not core.shutting_down
+                    and not st.closed
+                    and not st.queue
+                    and st.running < core.config.request_concurrency
+                ):
+                    self._finish(fn(msg.get("data"), conn), rid, name, conn)
+                    return True
+        return self.intercept(msg, conn)
+
     def intercept(self, msg: Any, conn: Connection) -> bool:
         """Take an envelope off the read path; False: a plain message for handle_message."""
         env = self.fmt.parse(msg)
@@ -209,6 +253,12 @@ class Router:
             st = self.state(conn)
             if st.closed:
                 return True
+            if not st.queue and st.running < core.config.request_concurrency:
+                if t is Request:
+                    if self._inline_request(env, conn):  # type: ignore[arg-type]
+                        return True
+                elif t is Signal and self._inline_signal(env, conn):  # type: ignore[arg-type]
+                    return True
             if len(st.queue) >= core.config.outbox_size:
                 if t is not Signal:
                     self._refuse(conn, env, ErrorCode.TOO_MANY_REQUESTS, "too many waiting")
@@ -231,6 +281,72 @@ class Router:
     def _refuse(self, conn: Connection, env: Any, code: str, message: str) -> None:
         self._send(conn, ErrorReply(env.id, code, message))
 
+    def _inline_request(self, req: Request, conn: Connection) -> bool:
+        """Run ``req`` here if its handler never awaits; False: it goes to the queue."""
+        name = req.name
+        fn = self.inline_requests.get(name, _DEFAULT)
+        if fn is None:
+            return False
+        if fn is _DEFAULT:
+            if self.any_request is None:
+                return False
+            coro = self.any_request(name, req.payload, conn)
+        else:
+            coro = fn(req.payload, conn)
+        self._finish(coro, req.id, name, conn)
+        return True
+
+    def _finish(
+        self, coro: Coroutine[Any, Any, Any], rid: Any, name: str, conn: Connection
+    ) -> None:
+        """Run a request handler that never awaits to its end, and answer ``rid``."""
+        try:
+            coro.send(None)
+        except StopIteration as done:
+            self._reply(conn, rid, done.value)
+            return
+        except RequestError as exc:
+            reply = ErrorReply(rid, exc.code, exc.message)
+        except ConnectionClosed:
+            if conn.closed:
+                return
+            log.exception("request_failed", name=name, user_id=conn.user_id)
+            reply = ErrorReply(rid, ErrorCode.INTERNAL, "internal error")
+        except Exception:
+            log.exception("request_failed", name=name, user_id=conn.user_id)
+            reply = ErrorReply(rid, ErrorCode.INTERNAL, "internal error")
+        else:  # cannot happen (it has no await): never let its trap reach Trio
+            coro.close()
+            log.error("request_failed", name=name, user_id=conn.user_id, why="suspended")
+            reply = ErrorReply(rid, ErrorCode.INTERNAL, "internal error")
+        self._send(conn, reply)
+
+    def _inline_signal(self, sig: Signal, conn: Connection) -> bool:
+        """Run ``sig`` here if its handler never awaits; False: it goes to the queue."""
+        name = sig.name
+        fn = self.inline_signals.get(name, _DEFAULT)
+        if fn is None:
+            return False
+        if fn is _DEFAULT:
+            if self.any_signal is None:
+                return False
+            coro = self.any_signal(name, sig.payload, conn)
+        else:
+            coro = fn(sig.payload, conn)
+        try:
+            coro.send(None)
+        except StopIteration:
+            pass
+        except ConnectionClosed:
+            if not conn.closed:
+                log.exception("signal_failed", name=name, user_id=conn.user_id)
+        except Exception:
+            log.exception("signal_failed", name=name, user_id=conn.user_id)
+        else:  # cannot happen (it has no await)
+            coro.close()
+            log.error("signal_failed", name=name, user_id=conn.user_id, why="suspended")
+        return True
+
     # ---------------------------------------------------------------- the runner
 
     async def _runner(self, conn: Connection, st: ConnRPC) -> None:
@@ -241,7 +357,9 @@ class Router:
             if limit == 1:
                 while True:
                     while st.queue:
+                        st.running = 1  # the reader runs nothing inline meanwhile
                         await self._run(st.queue.popleft(), conn)
+                        st.running = 0
                     _flush(cork)  # the replies of this step leave now, not by the flusher
                     await st.lot.park()
             async with trio.open_nursery() as nursery:
@@ -297,10 +415,10 @@ class Router:
                     value = await getattr(handler, attr)(req.payload, conn)
                 else:
                     value = await handler.handle_request(req.name, req.payload, conn)
-            if scope.cancelled_caught:
-                reply = ErrorReply(req.id, ErrorCode.TIMEOUT, f"no reply within {timeout} s")
-            else:
-                reply = Reply(req.id, value)
+            if not scope.cancelled_caught:
+                self._reply(conn, req.id, value)
+                return
+            reply = ErrorReply(req.id, ErrorCode.TIMEOUT, f"no reply within {timeout} s")
         except RequestError as exc:
             reply = ErrorReply(req.id, exc.code, exc.message)
         except ConnectionClosed:
@@ -313,15 +431,23 @@ class Router:
             reply = ErrorReply(req.id, ErrorCode.INTERNAL, "internal error")
         self._send(conn, reply)
 
+    def _reply(self, conn: Connection, rid: Any, value: Any) -> None:
+        """Send the reply ``value`` to the request ``rid`` (built in the codec's form at once)."""
+        try:
+            conn.send(self.fmt.reply(rid, value))
+        except ConnectionClosed:
+            pass
+        except Exception:  # the reply cannot be encoded: the client still gets an answer
+            log.exception("reply_not_encodable", user_id=conn.user_id)
+            self._send(conn, ErrorReply(rid, ErrorCode.INTERNAL, "internal error"))
+
     def _send(self, conn: Connection, env: Any) -> None:
         try:
             conn.send(self.fmt.out(env))
         except ConnectionClosed:
             pass
-        except Exception:  # the reply cannot be encoded: the client still gets an answer
-            log.exception("reply_not_encodable", user_id=conn.user_id)
-            if type(env) is Reply:
-                self._send(conn, ErrorReply(env.id, ErrorCode.INTERNAL, "internal error"))
+        except Exception:  # a bug of ours (what we send here always encodes)
+            log.exception("envelope_not_encodable", user_id=conn.user_id)
 
     async def _signal(self, sig: Signal, conn: Connection) -> None:
         handler = self.handler
@@ -412,7 +538,7 @@ class Router:
                 else:
                     st.session = session
                     self.sessions.bind(session.key, conn)
-                    self._send(conn, Reply(req.id, self.fmt.session_payload(session)))
+                    self._reply(conn, req.id, self.fmt.session_payload(session))
                     return
         self._send(conn, ErrorReply(req.id, *error))
 
@@ -426,4 +552,4 @@ class Router:
             st.session = None
             if self.sessions.unbind(session.key, conn):
                 await self._forget(session.key, conn.user_id)
-        self._send(conn, Reply(req.id, None))
+        self._reply(conn, req.id, None)
