@@ -4,6 +4,7 @@ and JSON) and python-socketio's acknowledged emits (``call()``), side by side in
 
   rpc_bench.py [--conns 50] [--duration 5] [--warmup 1] [--repeat 3]
                [--modes raw_echo,json_echo,rpc,socketio] [--out FILE.json]
+               [--python NAME=PATH ...]
 
 Each server (rpc_server.py) is a subprocess pinned to CPU 0; the load generator (this file,
 ``loadgen``, on picows + uvloop like ../shared/bench) runs pinned to CPU 1 with C
@@ -12,6 +13,9 @@ connections, each sending one message and waiting for its answer before the next
 text for the echoes, ``42N["echo","xxxx..."]`` for Socket.IO). Modes are interleaved run by
 run; reported: round trips/s and the server's CPU time (process tree) per round trip, as
 medians, and each mode's CPU per round trip as a ratio to the JSON echo's of the same run.
+A mode ``NAME:MODE`` runs MODE on the interpreter ``--python NAME=PATH`` gives (another
+revision of riverside-trio installed there: an A/B in one run); its ratio is to
+``NAME:json_echo`` when that mode runs too.
 
 riverside-trio runs on $RIVERSIDE_PYTHON (default: python3 on PATH); the load generator and
 the Socket.IO server on $BENCH_PYTHON (default /tmp/benchenv/bin/python, with
@@ -56,7 +60,10 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -
 
 def run_one(mode: str, args: argparse.Namespace) -> dict[str, float]:
     port = free_port()
+    name, _, mode = mode.rpartition(":")
     python = args.bench_python if mode == "socketio" else args.riverside_python
+    if name:
+        python = dict(p.split("=", 1) for p in args.python)[name]
     server = subprocess.Popen(
         [python, str(HERE / "rpc_server.py"), mode, "--port", str(port)],
         stdout=subprocess.DEVNULL,
@@ -104,6 +111,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--modes", default="raw_echo,json_echo,rpc,socketio")
     ap.add_argument("--out", default="")
+    ap.add_argument("--python", action="append", default=[], help="NAME=PATH for NAME:MODE")
     ap.add_argument("--riverside-python", default=os.environ.get("RIVERSIDE_PYTHON", "python3"))
     ap.add_argument(
         "--bench-python", default=os.environ.get("BENCH_PYTHON", "/tmp/benchenv/bin/python")
@@ -123,11 +131,13 @@ def main() -> None:
     for mode in modes:
         rate = statistics.median(x["msgs_per_s"] for x in runs[mode])
         cpu = statistics.median(x["cpu_us_per_msg"] for x in runs[mode])
+        own = mode.rpartition(":")[0] + ":" + base
+        ref = runs[own] if own in runs else runs[base]
         ratios = [
-            a["cpu_us_per_msg"] / b["cpu_us_per_msg"]
-            for a, b in zip(runs[mode], runs[base], strict=True)
+            a["cpu_us_per_msg"] / b["cpu_us_per_msg"] for a, b in zip(runs[mode], ref, strict=True)
         ]
-        out(f"| {mode} | {rate:,.0f} | {cpu:.1f} | {statistics.median(ratios):.2f}x |\n")
+        each = " ".join(f"{r:.2f}" for r in ratios)
+        out(f"| {mode} | {rate:,.0f} | {cpu:.1f} | {statistics.median(ratios):.2f}x ({each}) |\n")
     if args.out:
         Path(args.out).write_text(json.dumps(runs, indent=1))
 

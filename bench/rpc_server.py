@@ -4,7 +4,10 @@
 
   raw_echo    riverside-trio, RawCodec: every message back unchanged (bench/server.py's echo)
   json_echo   riverside-trio, JSONCodec: every message decoded and sent back (re-encoded)
-  rpc         riverside-trio, RPCHandler: a request "echo" answered with its payload
+  rpc         riverside-trio, RPCHandler: a request "echo" answered with its payload (a
+              handler that never awaits: it runs inline in the connection's reader)
+  rpc_await   the same with a handler that awaits once (trio.lowlevel.checkpoint()): it
+              runs in the connection's request task, under request_timeout's cancel scope
   socketio    python-socketio (aiohttp): an event "echo" acknowledged with its data (call())
 
 riverside-trio runs with the public API only, as a user would write it.
@@ -17,6 +20,8 @@ from typing import Any
 
 
 def _riverside(mode: str, port: int) -> None:
+    import trio
+
     import riverside_trio
     from riverside_trio import (
         Config,
@@ -45,7 +50,14 @@ def _riverside(mode: str, port: int) -> None:
         async def echo(self, payload: Any, conn: Connection) -> Any:
             return payload
 
-    handler = {"raw_echo": RawEcho, "json_echo": JSONEcho, "rpc": Echo}[mode]()
+    class AwaitingEcho(RPCHandler):
+        @request("echo")
+        async def echo(self, payload: Any, conn: Connection) -> Any:
+            await trio.lowlevel.checkpoint()
+            return payload
+
+    handlers = {"raw_echo": RawEcho, "json_echo": JSONEcho, "rpc": Echo, "rpc_await": AwaitingEcho}
+    handler = handlers[mode]()
     config = Config(
         host="127.0.0.1",
         port=port,
