@@ -355,3 +355,18 @@ def test_the_cli_refuses_a_bad_key_before_listening(
     assert "jwt_public_key_file" in capsys.readouterr().err
     assert main(["serve", "--jwt-secret", "short"]) == 2
     assert "jwt_secret (from --jwt-secret): is 5 bytes; HS256 needs" in capsys.readouterr().err
+
+
+async def test_the_built_in_demo_requires_a_token_once_a_jwt_key_is_configured() -> None:
+    from riverside_trio._demo import DemoHandler
+
+    async with running(DemoHandler, jwt_secret=SECRET, **NO_TIMERS) as server:
+        missing = await refusal(server)
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                ws = await open_ws(nursery, server, f"/ws?jwt={mint(channels=['lobby'])}")
+                await ws.send_message(json.dumps({"type": "say", "channel": "lobby", "text": "hi"}))
+                said = json.loads(await ws.get_message())
+                await ws.aclose()
+    assert missing.status_code == 401
+    assert said == {"type": "said", "channel": "lobby", "from": "alice", "text": "hi"}
