@@ -19,11 +19,12 @@ import trio
 
 from riverside_trio import Connection, Handler, HTTPRequest, HTTPResponse
 
+from . import test_browser
 from ._helpers import NO_TIMERS, running
 from ._jwt import SECRET, mint
-from .test_browser import PAGE_TIMEOUT, TEST_TIMEOUT, find_chromium, open_browser, pytestmark
+from .test_browser import PAGE_TIMEOUT, TEST_TIMEOUT, find_chromium, open_browser
 
-__all__ = ["pytestmark"]  # skipped without chromium, as test_browser.py is
+pytestmark = test_browser.pytestmark  # skipped without chromium, as test_browser.py is
 
 PAGE = """<!doctype html>
 <html>

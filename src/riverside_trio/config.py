@@ -144,7 +144,8 @@ class Config:
             header (not from a browser: servers, CLI tools); false refuses them with 403.
         jwt_secret: HMAC secret that signs the JSON Web Tokens clients connect with (see
             "JWT"), at least as many bytes as the hash (HS256: 32, HS384: 48, HS512: 64).
-            Turns JWT authentication on; None ("off"): no secret.
+            Turns JWT authentication on; None ("off"): no secret. Never logged; set it in
+            the environment or the TOML file rather than as a flag, which ps shows.
         jwt_public_key_file: PEM file of the public key (or certificate) that checks the
             tokens' RS256, ES256 or EdDSA signatures. Turns JWT authentication on.
         jwt_jwks: A JWKS document of public keys, chosen by each token's "kid": a file, or

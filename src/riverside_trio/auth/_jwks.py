@@ -21,6 +21,7 @@ from __future__ import annotations
 import http.client
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -37,6 +38,7 @@ log = structlog.get_logger("riverside_trio.auth")
 
 FETCH_TIMEOUT = 10.0  # seconds for one fetch of a JWKS URL
 MAX_JWKS_BYTES = 1 << 20
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 # (algorithm, key) by kid; the key is what jwt.decode takes.
 Keys = dict[str | None, tuple[str, Any]]
@@ -122,6 +124,13 @@ class KeySet:
         self.refresh = refresh
         self.min_refresh = min_refresh
         self.is_url = source.lower().startswith(("http://", "https://"))
+        host = urllib.parse.urlsplit(source).hostname or ""
+        if source.lower().startswith("http://") and host not in _LOOPBACK:
+            log.warning(
+                "jwks_over_plain_http",
+                url=source,
+                hint="anyone on the path can swap the keys: use https://",
+            )
         self.fetches = 0  # fetches begun (a URL), for tests and logs
         self._keys: Keys | None = None
         self._fetched_at = -float("inf")  # when the keys held were fetched
