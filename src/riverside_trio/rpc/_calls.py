@@ -5,9 +5,13 @@ the client's requests and signals with the task that runs them, and the methods 
 Rules:
 
 - The client's requests and signals of one connection run in arrival order in one task
-  of the connection (``request_concurrency`` at a time, 1 by default), never in the reader:
-  a handler that awaits ``conn.request()`` gets its reply while it waits. They run outside
-  the gate of the other callbacks, so with ``request_concurrency > 1`` they may overlap.
+  of the connection (``request_concurrency`` at a time, 1 by default): a handler that
+  awaits ``conn.request()`` gets its reply while it waits. They run outside the gate of
+  the other callbacks, so with ``request_concurrency > 1`` they may overlap. A handler
+  that never awaits and would start at once runs in the reader instead (``_inline``):
+  nothing can happen meanwhile, so the order and the limit are the same.
+- The task waits for work with ``wait``/``wake`` (the reader reschedules it directly)
+  and runs one request at a time under one cancel scope whose deadline each request sets.
 - Replies are matched to pending calls by id as they are read; a reply to an id nobody
   waits for (unknown, or given up after its timeout) is dropped and logged.
 - When the connection ends, its task is cancelled: running handlers are cancelled, pending
@@ -20,7 +24,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
-from trio.lowlevel import ParkingLot
+from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_rescheduled
 
 from ..errors import ConnectionClosed, RequestError, RequestTimeout
 from ._envelope import ErrorReply, Reply, Request, SessionData, Signal
@@ -55,16 +59,32 @@ class _Call:
 class ConnRPC:
     """The request/reply state of one connection (made on its first envelope)."""
 
-    __slots__ = ("closed", "lot", "next_id", "pending", "queue", "running", "session")
+    __slots__ = ("closed", "next_id", "pending", "queue", "running", "session", "waiting")
 
     def __init__(self) -> None:
         self.queue: deque[Any] = deque()  # Request, Signal, RestoreSession, CloseSession
-        self.lot = ParkingLot()  # the runner parks here when the queue is empty
+        self.waiting: Task | None = None  # the runner, while it waits for the queue
         self.pending: dict[Any, _Call] = {}
         self.next_id = 0
         self.running = 0
         self.session: SessionData | None = None
         self.closed = False
+
+    def wake(self) -> None:
+        """Wake the runner if it waits (there is work in the queue, or a free slot)."""
+        task = self.waiting
+        if task is not None:
+            self.waiting = None
+            reschedule(task)
+
+    async def wait(self) -> None:
+        """The runner waits for :meth:`wake` (a checkpoint: cancellable)."""
+        self.waiting = current_task()
+        await wait_task_rescheduled(self._abort)
+
+    def _abort(self, _: Any) -> Abort:
+        self.waiting = None
+        return Abort.SUCCEEDED
 
     def resolve(self, env: Reply | ErrorReply) -> bool:
         """Hand a reply to the call waiting for it; False when none waits."""

@@ -24,6 +24,7 @@ the reader, before ``handle_message``, and never awaits):
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -265,7 +266,7 @@ class Router:
                 return True
             st.queue.append(env)
             core.rpc_running += 1
-            st.lot.unpark()
+            st.wake()
         elif isinstance(env, Reply | ErrorReply):
             if not self.state(conn).resolve(env):
                 conn._core.warn("unknown_reply_id", user_id=conn.user_id, id=repr(env.id)[:80])
@@ -353,22 +354,16 @@ class Router:
         """Run the connection's requests and signals, up to request_concurrency at once."""
         limit = conn._core.config.request_concurrency
         try:
-            cork = conn._core.cork
             if limit == 1:
-                while True:
-                    while st.queue:
-                        st.running = 1  # the reader runs nothing inline meanwhile
-                        await self._run(st.queue.popleft(), conn)
-                        st.running = 0
-                    _flush(cork)  # the replies of this step leave now, not by the flusher
-                    await st.lot.park()
+                await self._serial(conn, st)
+            cork = conn._core.cork
             async with trio.open_nursery() as nursery:
                 while True:
                     while st.queue and st.running < limit:
                         st.running += 1
                         nursery.start_soon(self._run_one, st.queue.popleft(), conn, st)
                     _flush(cork)
-                    await st.lot.park()
+                    await st.wait()
         finally:
             core = conn._core
             core.rpc_running -= len(st.queue)
@@ -380,12 +375,57 @@ class Router:
             if st.session is not None:
                 self.sessions.unbind(st.session.key, conn)
 
+    async def _serial(self, conn: Connection, st: ConnRPC) -> None:
+        """One at a time (the default), under one cancel scope whose deadline each request
+        sets to its own request_timeout (cheaper than a scope per request); a fresh scope
+        after each timeout. Never returns."""
+        cork = conn._core.cork
+        timeout = conn._core.config.request_timeout
+        inf = math.inf
+        while True:
+            item: Any = None
+            with trio.CancelScope() as scope:
+                while True:
+                    if not st.queue:
+                        if scope.deadline != inf:
+                            scope.deadline = inf  # an idle connection keeps no timer
+                        _flush(cork)  # the replies of this step leave now, not by the flusher
+                        await st.wait()
+                        continue
+                    item = st.queue.popleft()
+                    st.running = 1  # the reader runs nothing inline meanwhile
+                    if timeout is not None and type(item) is Request:
+                        scope.deadline = trio.current_time() + timeout
+                        await self._run(item, conn)
+                        if scope.cancel_called:  # it ran past its deadline: a fresh scope, or
+                            # the next request would start cancelled
+                            break
+                    else:
+                        if scope.deadline != inf:
+                            scope.deadline = inf  # signals and sessions have no timeout
+                        await self._run(item, conn)
+                    st.running = 0
+                    item = None
+            st.running = 0
+            if scope.cancelled_caught and type(item) is Request:
+                self._timed_out(conn, item, timeout)
+
     async def _run_one(self, item: Any, conn: Connection, st: ConnRPC) -> None:
+        timeout = conn._core.config.request_timeout
         try:
-            await self._run(item, conn)
+            if timeout is not None and type(item) is Request:
+                with trio.move_on_after(timeout) as scope:
+                    await self._run(item, conn)
+                if scope.cancelled_caught:
+                    self._timed_out(conn, item, timeout)
+            else:
+                await self._run(item, conn)
         finally:
             st.running -= 1
-            st.lot.unpark()
+            st.wake()
+
+    def _timed_out(self, conn: Connection, req: Request, timeout: float | None) -> None:
+        self._send(conn, ErrorReply(req.id, ErrorCode.TIMEOUT, f"no reply within {timeout} s"))
 
     async def _run(self, item: Any, conn: Connection) -> None:
         core = conn._core
@@ -407,18 +447,14 @@ class Router:
     async def _request(self, req: Request, conn: Connection) -> None:
         handler = self.handler
         attr = handler._rpc_requests.get(req.name)
-        timeout = conn._core.config.request_timeout
         reply: Any
-        try:
-            with trio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
-                if attr is not None:
-                    value = await getattr(handler, attr)(req.payload, conn)
-                else:
-                    value = await handler.handle_request(req.name, req.payload, conn)
-            if not scope.cancelled_caught:
-                self._reply(conn, req.id, value)
-                return
-            reply = ErrorReply(req.id, ErrorCode.TIMEOUT, f"no reply within {timeout} s")
+        try:  # under the runner's cancel scope (request_timeout)
+            if attr is not None:
+                value = await getattr(handler, attr)(req.payload, conn)
+            else:
+                value = await handler.handle_request(req.name, req.payload, conn)
+            self._reply(conn, req.id, value)
+            return
         except RequestError as exc:
             reply = ErrorReply(req.id, exc.code, exc.message)
         except ConnectionClosed:
