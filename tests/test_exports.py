@@ -151,3 +151,34 @@ def test_package_is_typed() -> None:
     from importlib.resources import files
 
     assert files("riverside_trio").joinpath("py.typed").is_file()
+
+
+def test_the_testing_helpers_are_documented_and_not_imported_by_the_package() -> None:
+    import subprocess
+    import sys
+
+    import riverside_trio.testing as testing
+
+    assert sorted(testing.__all__) == sorted(
+        name
+        for name in vars(testing)
+        # (pytest's assertion rewriting adds "@py_builtins" to modules of plugin distributions)
+        if not name.startswith(("_", "@")) and name != "annotations"
+    )
+    aliases = {"Transport"}  # Literal["memory", "tcp"]: documented where it is defined
+    missing = [
+        name
+        for name in testing.__all__
+        if name not in aliases and not own_doc(getattr(testing, name))
+    ]
+    for cls in (testing.Riverside, testing.TestServer, testing.TestClient):
+        for name, member in inspect.getmembers(cls):
+            if name.startswith("_") or not (callable(member) or isinstance(member, property)):
+                continue
+            if not own_doc(member):
+                missing.append(f"{cls.__name__}.{name}")
+    assert missing == []
+    # pytest and the testing helpers stay out of `import riverside_trio`
+    code = "import sys, riverside_trio; print(sorted(m for m in sys.modules if 'testing' in m))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "riverside_trio.testing" not in out.stdout

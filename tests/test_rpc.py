@@ -25,9 +25,10 @@ from riverside_trio import (
     request,
     signal,
 )
+from riverside_trio.testing import Riverside
 
 from ._helpers import NO_TIMERS, running
-from ._rpc_helpers import memory_client, raw_json, recv_json, send_json, until
+from ._rpc_helpers import raw_json, recv_json, send_json, until
 
 
 class App(RPCHandler):
@@ -111,10 +112,12 @@ async def test_a_request_gets_the_handlers_return_value_as_its_reply(codec: Any)
             assert await client.request("add", [10, -1]) == 9
 
 
-async def test_request_error_is_an_error_reply_with_its_code_and_message() -> None:
+async def test_request_error_is_an_error_reply_with_its_code_and_message(
+    riverside: Riverside,
+) -> None:
     async with (
-        running(App(), **NO_TIMERS) as server,
-        open_client(server.url, reconnect=False) as client,
+        riverside.serve(App, transport="tcp", **NO_TIMERS) as server,
+        server.connect() as client,
     ):
         with pytest.raises(RequestError) as info:
             await client.request("nope")
@@ -134,10 +137,10 @@ async def test_any_other_exception_is_an_internal_error_reply_that_leaks_nothing
         assert await client.request("add", [1, 1]) == 2  # the connection carries on
 
 
-async def test_an_unknown_name_gets_the_unknown_name_error_reply() -> None:
+async def test_an_unknown_name_gets_the_unknown_name_error_reply(riverside: Riverside) -> None:
     async with (
-        running(App(), **NO_TIMERS) as server,
-        open_client(server.url, reconnect=False) as client,
+        riverside.serve(App, transport="tcp", **NO_TIMERS) as server,
+        server.connect() as client,
     ):
         with pytest.raises(RequestError) as info:
             await client.request("no_such_request", 1)
@@ -145,10 +148,12 @@ async def test_an_unknown_name_gets_the_unknown_name_error_reply() -> None:
         assert "no_such_request" in info.value.message
 
 
-async def test_plain_messages_still_reach_handle_message_beside_envelopes() -> None:
+async def test_plain_messages_still_reach_handle_message_beside_envelopes(
+    riverside: Riverside,
+) -> None:
     async with (
-        running(App(), **NO_TIMERS) as server,
-        open_client(server.url, reconnect=False) as client,
+        riverside.serve(App, transport="tcp", **NO_TIMERS) as server,
+        server.connect() as client,
     ):
         await client.send({"type": "hello"})
         assert await client.request("add", [1, 2]) == 3
@@ -263,12 +268,9 @@ async def test_a_request_handler_waiting_on_the_client_is_cancelled_when_it_goes
 
 
 async def test_a_client_that_never_answers_raises_request_timeout(
-    autojump_clock: trio.testing.MockClock,
+    riverside: Riverside, autojump_clock: trio.testing.MockClock
 ) -> None:
-    async with (
-        running(App(), **NO_TIMERS) as server,
-        memory_client(server, reconnect=False) as client,
-    ):
+    async with riverside.serve(App, **NO_TIMERS) as server, server.connect() as client:
 
         @client.on_request("double")
         async def double(payload: Any) -> Any:
@@ -281,29 +283,28 @@ async def test_a_client_that_never_answers_raises_request_timeout(
 
 
 async def test_a_request_over_request_timeout_gets_the_timeout_error_reply(
-    autojump_clock: trio.testing.MockClock,
+    riverside: Riverside, autojump_clock: trio.testing.MockClock
 ) -> None:
     app = App()
     async with (
-        running(app, request_timeout=30, **NO_TIMERS) as server,
-        memory_client(server, reconnect=False) as client,
+        riverside.serve(app, request_timeout=30, **NO_TIMERS) as server,
+        server.connect() as client,
     ):
         with pytest.raises(RequestError) as info:
             await client.request("block", 1, timeout=100)
         assert info.value.code == ErrorCode.TIMEOUT
+        assert trio.current_time() == pytest.approx(30)
         assert app.order == ["start 1"]  # cancelled, never finished
         assert await client.request("add", [1, 1]) == 2
 
 
 async def test_the_clients_own_timeout_raises_request_timeout(
-    autojump_clock: trio.testing.MockClock,
+    riverside: Riverside, autojump_clock: trio.testing.MockClock
 ) -> None:
-    async with (
-        running(App(), **NO_TIMERS) as server,
-        memory_client(server, reconnect=False) as client,
-    ):
+    async with riverside.serve(App, **NO_TIMERS) as server, server.connect() as client:
         with pytest.raises(RequestTimeout):
             await client.request("block", 1, timeout=5)
+        assert trio.current_time() == pytest.approx(5)
 
 
 async def test_requests_of_one_connection_run_one_at_a_time_by_default() -> None:

@@ -98,10 +98,12 @@ class Client:
         self._ws: trio_websocket.WebSocketConnection | None = None
         self._ready = trio.Event()
         self._gone: ConnectionClosed | None = None  # closed for good
+        self._last_close: ConnectionClosed | None = None  # how the last connection ended
         self._pending: dict[Any, tuple[trio.Event, list[Any]]] = {}
         self._next_id = 0
         self._inbox: deque[Any] = deque()
         self._inbox_lot = ParkingLot()
+        self._ended = trio.Event()  # set once _gone is
         self._session_lot = ParkingLot()
         self._requests: dict[str, Callable[[Any], Awaitable[Any]]] = {}
         self._signals: dict[str, Callable[[Any], Awaitable[None]]] = {}
@@ -172,7 +174,8 @@ class Client:
         """The next plain message from the server (decoded). A checkpoint.
 
         Raises:
-            ConnectionClosed: the client is closed for good and nothing is left.
+            ConnectionClosed: the client is closed for good and nothing is left (with
+                ``reconnect`` off: the close code and reason the connection ended with).
         """
         while not self._inbox:
             if self._gone is not None:
@@ -180,6 +183,23 @@ class Client:
             await self._inbox_lot.park()
         await trio.lowlevel.checkpoint()
         return self._inbox.popleft()
+
+    def receive_nowait(self) -> Any:
+        """The next plain message if one is waiting; never blocks, not a checkpoint.
+
+        Raises:
+            trio.WouldBlock: no message is waiting.
+        """
+        if not self._inbox:
+            raise trio.WouldBlock
+        return self._inbox.popleft()
+
+    async def wait_closed(self) -> ConnectionClosed:
+        """Wait until the client is closed for good; return why (the close code and reason
+        of the last connection when ``reconnect`` is off). A checkpoint."""
+        await self._ended.wait()
+        assert self._gone is not None
+        return self._gone
 
     async def request(self, name: str, payload: Any = None, *, timeout: float | None = None) -> Any:
         """Send a request and return the reply's payload. A checkpoint.
@@ -282,6 +302,8 @@ class Client:
         self._inbox_lot.unpark_all()
         self._session_lot.unpark_all()
         self._ready.set()  # waiters see _gone
+        if self._gone is not None:
+            self._ended.set()
 
     def _fail_pending(self, error: ConnectionClosed) -> None:
         for done, result in self._pending.values():
@@ -339,8 +361,8 @@ class Client:
                     self._gone = ConnectionClosed(None, f"reconnect refused: {exc.status_code}")
             except (OSError, trio_websocket.HandshakeError) as exc:
                 log.info("reconnect_failed", url=self.url, error=str(exc)[:200])
-        if self._gone is None:
-            self._gone = ConnectionClosed(None, "disconnected")
+        if self._gone is None:  # no reconnect: closed as the last connection was
+            self._gone = self._last_close or ConnectionClosed(None, "disconnected")
         self._wake_all()
 
     async def _serve(
@@ -377,11 +399,12 @@ class Client:
             if self._ready.is_set() and self._gone is None:
                 self._ready = trio.Event()
             reason = ws.closed
-            self._fail_pending(
+            self._last_close = (
                 ConnectionClosed(reason.code, reason.reason or "")
                 if reason is not None
                 else ConnectionClosed(1006, "")
             )
+            self._fail_pending(self._last_close)
 
     async def _read(self, ws: trio_websocket.WebSocketConnection, tasks: trio.Nursery) -> None:
         try:
