@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
+from . import _console
 from . import config as _config
 from ._logging import configure_logging
 from .config import ENV_PREFIX, Config
@@ -68,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if args.command == "client":
+        return _console.run(args)
     return _serve(args)
 
 
@@ -360,6 +363,7 @@ def _build_parser() -> argparse.ArgumentParser:
                 default=argparse.SUPPRESS,
                 help=_help(f.name),
             )
+    _console.add_parser(commands)
     return parser
 
 
