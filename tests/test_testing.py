@@ -209,6 +209,20 @@ async def test_advance_moves_the_mock_clock_and_runs_the_timers_due(
         assert trio.current_time() == pytest.approx(31)
 
 
+@pytest.mark.parametrize("ticks", [1, 2])
+async def test_a_client_leaving_on_the_tick_of_a_keepalive_ping_closes_cleanly(
+    riverside: Riverside, autojump_clock: trio.testing.MockClock, ticks: int
+) -> None:
+    # The server's ping crosses the client's close frame: trio-websocket alone would answer
+    # it after its close and crash the client's nursery (trio-websocket #184).
+    async with (
+        riverside.serve(Room, idle_timeout=None, ping_interval=30) as server,
+        server.connect(token="ann") as client,
+    ):
+        await trio.sleep(30 * ticks)
+    assert (await client.client.wait_closed()).code == 1000
+
+
 async def test_advance_needs_a_mock_clock() -> None:
     with pytest.raises(RuntimeError, match="mock_clock"):
         await advance(1)

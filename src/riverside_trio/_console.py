@@ -185,13 +185,15 @@ class _Console:
 
     async def session(self) -> int:
         import trio
-        import trio_websocket
 
-        async with trio.open_nursery() as nursery:
-            ws = await trio_websocket.connect_websocket_url(
+        from .client._ws import open_stream, wrap_client_stream
+
+        stream = await open_stream(self.url, self.ssl_context)
+        async with stream, trio.open_nursery() as nursery:
+            ws = await wrap_client_stream(
                 nursery,
+                stream,
                 self.url,
-                ssl_context=self.ssl_context,
                 subprotocols=self.subprotocols or None,
                 extra_headers=[(k.encode(), v.encode()) for k, v in self.headers] or None,
             )

@@ -26,8 +26,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
-from urllib.parse import urlsplit
+from typing import Any, TypeVar
 
 import structlog
 import trio
@@ -52,6 +51,7 @@ from ..rpc._envelope import (
     Welcome,
 )
 from ..rpc._format import format_for
+from ._ws import open_stream, wrap_client_stream
 
 __all__ = ["Client", "open_client"]
 
@@ -313,22 +313,12 @@ class Client:
 
     async def _connect(self, nursery: trio.Nursery) -> _Link:
         """Open the transport (ours, so we always close it) and the WebSocket over it."""
-        parts = urlsplit(self.url)
         if self._stream_factory is not None:
             stream = await self._stream_factory()
-        elif parts.scheme == "wss":
-            stream = await trio.open_ssl_over_tcp_stream(
-                parts.hostname or "localhost",
-                parts.port or 443,
-                ssl_context=self._ssl_context or ssl.create_default_context(),
-            )
         else:
-            stream = await trio.open_tcp_stream(parts.hostname or "localhost", parts.port or 80)
-        resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            stream = await open_stream(self.url, self._ssl_context)
         try:
-            ws = await trio_websocket.wrap_client_stream(
-                nursery, cast(Any, stream), parts.netloc, resource, **self._kwargs
-            )
+            ws = await wrap_client_stream(nursery, stream, self.url, **self._kwargs)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
