@@ -26,10 +26,11 @@ from riverside_trio import (
     request,
     signal,
 )
+from riverside_trio.testing import Riverside
 
 from ._helpers import NO_TIMERS, RawClient, running, settle, ws_open
 from ._hostile import masked
-from ._rpc_helpers import memory_client, raw_json, recv_json, send_json, until
+from ._rpc_helpers import raw_json, recv_json, send_json, until
 
 
 async def _gen() -> AsyncIterator[int]:
@@ -194,13 +195,13 @@ async def test_with_request_concurrency_a_request_runs_inline_only_below_the_lim
 
 
 async def test_a_handler_that_never_awaits_is_answered_even_past_request_timeout(
-    autojump_clock: trio.testing.MockClock,
+    riverside: Riverside, autojump_clock: trio.testing.MockClock
 ) -> None:
     app = App()
     app.clock = autojump_clock
     async with (
-        running(app, request_timeout=30, **NO_TIMERS) as server,
-        memory_client(server, reconnect=False) as client,
+        riverside.serve(app, request_timeout=30, **NO_TIMERS) as server,
+        server.connect() as client,
     ):
         # It has no checkpoint to be cancelled at, in the reader as in the request task.
         assert await client.request("overrun", 100, timeout=1000) == "finished"
