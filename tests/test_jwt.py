@@ -14,6 +14,8 @@ import jwt as pyjwt
 import pytest
 import trio
 from cryptography.hazmat.primitives import serialization
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from trio_websocket import ConnectionRejected, WebSocketConnection, wrap_client_stream
 
 from riverside_trio import (
@@ -341,10 +343,10 @@ def test_key_problems_are_config_errors_naming_the_setting(tmp_path: Path) -> No
         ({"jwt_jwks": str(tmp_path / "missing.json"), "jwt_algorithms": ["RS256"]}, "jwt_jwks"),
         ({"jwt_jwks": str(junk), "jwt_algorithms": ["RS256"]}, "jwt_jwks"),
     ]
-    for settings, name in cases:
+    for case, name in cases:
         with pytest.raises(ConfigError) as info:
-            Server(Who, Config(**settings))
-        assert info.value.setting == name, settings
+            Server(Who, Config(**case))
+        assert info.value.setting == name, case
 
 
 def test_the_cli_refuses_a_bad_key_before_listening(
@@ -370,3 +372,48 @@ async def test_the_built_in_demo_requires_a_token_once_a_jwt_key_is_configured()
                 await ws.aclose()
     assert missing.status_code == 401
     assert said == {"type": "said", "channel": "lobby", "from": "alice", "text": "hi"}
+
+
+# ---------------------------------------------------------------- any mangled token
+
+
+@pytest.fixture(scope="module")
+def authenticators(tmp_path_factory: pytest.TempPathFactory) -> dict[str, JWTAuthenticator]:
+    tmp = tmp_path_factory.mktemp("keys")
+    made = {"HS256": JWTAuthenticator(Config(jwt_secret=SECRET))}
+    for alg in ("RS256", "ES256", "EdDSA"):
+        made[alg] = JWTAuthenticator(Config(jwt_public_key_file=write_public_pem(tmp, alg)))
+    return made
+
+
+@given(
+    alg=st.sampled_from(["HS256", "RS256", "ES256", "EdDSA"]),
+    edits=st.lists(
+        st.tuples(st.integers(min_value=0), st.sampled_from("AaZz09-_.=+/ \x00é")),
+        min_size=1,
+        max_size=4,
+    ),
+    cut=st.integers(min_value=0, max_value=40),
+)
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_mangled_token_is_refused_with_401_and_never_crashes_the_check(
+    authenticators: dict[str, JWTAuthenticator],
+    alg: str,
+    edits: list[tuple[int, str]],
+    cut: int,
+) -> None:
+    original = mint(alg)
+    token = list(original)
+    for at, char in edits:
+        token[at % len(token)] = char
+    mangled = "".join(token)[: len(token) - cut]
+    if mangled == original:  # the edits put back what was there
+        return
+    try:
+        claims = trio.run(authenticators[alg].verify, mangled)
+    except AuthError as exc:
+        assert exc.status == 401
+        assert exc.reason.startswith("jwt_")
+    else:
+        # base64 leaves a last character's spare bits unread: the same bytes, still valid
+        assert claims == pyjwt.decode(original, options={"verify_signature": False})
