@@ -417,3 +417,21 @@ def test_a_mangled_token_is_refused_with_401_and_never_crashes_the_check(
     else:
         # base64 leaves a last character's spare bits unread: the same bytes, still valid
         assert claims == pyjwt.decode(original, options={"verify_signature": False})
+
+
+@pytest.mark.parametrize(
+    ("offered", "rest", "token"),
+    [
+        ((), (), None),
+        (("chat",), ("chat",), None),
+        (("riverside.jwt", "t.o.k"), ("riverside.jwt",), "t.o.k"),
+        (("a", "riverside.jwt", "t.o.k", "b"), ("a", "riverside.jwt", "b"), "t.o.k"),
+        (("riverside.jwt",), ("riverside.jwt",), None),  # the marker without a token
+    ],
+)
+def test_the_token_is_the_entry_after_the_marker_and_is_no_subprotocol(
+    offered: tuple[str, ...], rest: tuple[str, ...], token: str | None
+) -> None:
+    from riverside_trio.auth import split_jwt_subprotocol
+
+    assert split_jwt_subprotocol(offered) == (rest, token)

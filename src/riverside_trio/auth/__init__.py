@@ -10,6 +10,7 @@ from __future__ import annotations
 from ..config import Config
 from ._base import Authenticator as Authenticator
 from ._base import authenticate_default as authenticate_default
+from ._base import may_wait as may_wait
 from ._jwt import JWT_SUBPROTOCOL as JWT_SUBPROTOCOL
 from ._jwt import JWTAuthenticator as JWTAuthenticator
 from ._jwt import split_jwt_subprotocol as split_jwt_subprotocol
@@ -22,6 +23,7 @@ __all__ = [
     "OriginRules",
     "authenticate_default",
     "configured_authenticators",
+    "may_wait",
     "split_jwt_subprotocol",
 ]
 

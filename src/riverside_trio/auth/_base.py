@@ -23,7 +23,7 @@ from typing import Protocol
 from .._values import Accept, AuthRequest, new_session_id
 from ..errors import AuthError
 
-__all__ = ["Authenticator", "authenticate_default", "refusal"]
+__all__ = ["Authenticator", "authenticate_default", "may_wait", "refusal"]
 
 REALM = "riverside"
 
@@ -33,9 +33,18 @@ class Authenticator(Protocol):
 
     Returns :class:`~riverside_trio.Accept` for a valid credential, None when the request
     carries none of its kind; raises :class:`~riverside_trio.AuthError` for a wrong one.
+    One that never awaits may say so with an attribute ``may_wait = False``: the server
+    then runs it without a watcher task (one that can wait is cancelled on a hang-up or
+    after ``authenticate_timeout``).
     """
 
     async def __call__(self, req: AuthRequest, /) -> Accept | None: ...
+
+
+def may_wait(authenticators: Sequence[Authenticator]) -> bool:
+    """Whether any of ``authenticators`` can wait (I/O): one that does not say
+    ``may_wait = False`` is assumed to."""
+    return any(getattr(a, "may_wait", True) for a in authenticators)
 
 
 async def authenticate_default(

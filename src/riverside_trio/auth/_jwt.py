@@ -156,6 +156,7 @@ class JWTAuthenticator:
     Attributes:
         algorithms: the pinned algorithms.
         keys: the JWKS of ``jwt_jwks`` (its ``fetches`` count), or None.
+        may_wait: whether a check can wait (a JWKS URL to fetch).
     """
 
     def __init__(self, config: Config) -> None:
@@ -194,6 +195,9 @@ class JWTAuthenticator:
                 "jwt_secret", "no JWT key: set jwt_secret, jwt_public_key_file or jwt_jwks"
             )
         self.algorithms: tuple[str, ...] = algorithms
+        # Only a JWKS URL makes a check wait (a fetch): otherwise it never awaits, and the
+        # server runs it without watching for a hang-up or a timeout.
+        self.may_wait = self.keys is not None and self.keys.is_url
         self._audience = config.jwt_audience
         self._issuer = config.jwt_issuer
         self._leeway = config.jwt_leeway

@@ -14,7 +14,7 @@ import trio
 from trio.lowlevel import ParkingLot
 
 from .._values import Accept, AuthRequest, ControlFrame, HTTPRequest, HTTPResponse, TerminateReason
-from ..auth import OriginRules, configured_authenticators
+from ..auth import OriginRules, configured_authenticators, may_wait
 from ..codecs import RawBinaryCodec, RawCodec, RawTextCodec, check_codec
 from ..config import Config
 from ..delivery.hub import Hub
@@ -103,6 +103,8 @@ class Core:
         # Client authentication: the ready-made authenticators the settings ask for (a
         # Handler without authenticate tries them), and the Origin rules (None: any).
         self.authenticators = tuple(configured_authenticators(config))
+        # authenticate needs watching (a hang-up, authenticate_timeout) only when it can wait
+        self.watch_authenticate = self.custom_authenticate or may_wait(self.authenticators)
         self.origins = (
             None
             if config.allowed_origins is None

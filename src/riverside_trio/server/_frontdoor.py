@@ -328,8 +328,8 @@ async def _authenticate(core: Core, transport: Transport, req: AuthRequest) -> o
         Exception: whatever authenticate raised.
     """
     authenticate = core.handler.authenticate
-    if not core.custom_authenticate and not core.authenticators:
-        return await authenticate(req)  # the default never waits: nothing to watch
+    if not core.watch_authenticate:
+        return await authenticate(req)  # the default never waits here: nothing to watch
     outcome: list[object] = []
     with trio.move_on_after(core.config.authenticate_timeout) as limit:
         async with trio.open_nursery() as nursery:
