@@ -154,6 +154,7 @@ BAD_VALUES: dict[str, list[object]] = {
     "sessions": [1, "yes", None],
     "max_session_connections": [-1, None, "3", 2.0],
     "session_expiry": [0, -5, "1d"],
+    "session_store": ["redis", "Redis", "sql", None],  # "redis" without broker_url
     "log_format": ["text", None],
     "log_level": ["trace", "INFO", None],
     "log_connections": [1, "no", None],

@@ -28,6 +28,8 @@ EXPECTED = {
     "Name",
     "NameInUseError",
     "Session",
+    "SessionStoreError",
+    "RedisSessionStore",
     "TaskFailed",
     "TaskResult",
     "User",

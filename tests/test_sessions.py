@@ -41,8 +41,10 @@ class SessionApp(RPCHandler):
 
 
 class FailingStore(MemoryStore):
-    async def lookup(self, key: str, ttl: float | None) -> SessionData | None:
-        raise OSError("the store is down")
+    async def restore(
+        self, key: str, ttl: float | None, max_connections: int
+    ) -> SessionData | None:
+        raise OSError("a bug of the store")
 
 
 async def test_a_session_has_a_64_character_url_safe_key_and_its_info_reaches_the_client() -> None:
@@ -164,7 +166,7 @@ async def test_sessions_turned_off_refuse_creation_and_restore_with_sessions_dis
         assert info3.value.code == ErrorCode.SESSIONS_DISABLED
 
 
-async def test_a_failing_store_is_an_internal_error_reply_to_a_restore() -> None:
+async def test_a_store_that_fails_is_an_internal_error_reply_to_a_restore() -> None:
     class App(SessionApp):
         session_store = FailingStore()
 
@@ -222,15 +224,19 @@ async def test_a_session_nobody_restores_within_session_expiry_is_forgotten() ->
         async with open_client(server.url) as a, open_client(server.url) as b:
             key = await a.request("login", "hal")
             key_old = await b.request("login", "ida")
+        await until(lambda: store.connections(key) + store.connections(key_old) == 0)
         now[0] += 59  # restoring within the expiry refreshes it
         async with open_client(server.url) as c:
             assert (await c.restore_session(key)).key == key
+            assert store.connections(key) == 1
+            now[0] += 1000  # a session held by a connection does not expire
+        await until(lambda: store.connections(key) == 0)  # idle from now on
         now[0] += 59
         async with open_client(server.url) as d:
             with pytest.raises(SessionError) as info:
-                await d.restore_session(key_old)  # 118 s without a lookup
+                await d.restore_session(key_old)  # idle for 1118 s
             assert info.value.code == ErrorCode.SESSION_NOT_FOUND
-            assert (await d.restore_session(key)).key == key  # looked up 59 s ago
+            assert (await d.restore_session(key)).key == key  # idle for 59 s
     assert len(store) == 1
 
 

@@ -48,6 +48,7 @@ from .errors import RequestError as RequestError
 from .errors import RequestTimeout as RequestTimeout
 from .errors import RiversideError as RiversideError
 from .errors import SessionError as SessionError
+from .errors import SessionStoreError as SessionStoreError
 from .handler import Accept as Accept
 from .handler import AuthRequest as AuthRequest
 from .handler import ControlFrame as ControlFrame
@@ -63,6 +64,7 @@ from .metrics import Metrics as Metrics
 # request/reply, signals and restorable sessions
 from .rpc._envelope import ErrorCode as ErrorCode
 from .rpc._envelope import SessionData as SessionData
+from .rpc._redis_store import RedisSessionStore as RedisSessionStore
 from .rpc._router import RPCHandler as RPCHandler
 from .rpc._router import request as request
 from .rpc._router import signal as signal

@@ -174,7 +174,10 @@ class Config:
         request_timeout: Seconds a request may run, then it is answered "timeout", > 0.
         sessions: Allow restorable sessions; false refuses them with "sessions_disabled".
         max_session_connections: Most connections holding one session, >= 0 (0: no limit).
-        session_expiry: Seconds the store keeps a session nobody restores, > 0.
+        session_expiry: Seconds the store keeps a session no connection holds, > 0.
+        session_store: Where sessions live: "auto" (in Redis with broker_url, so they
+            restore on any node; else in this process), "memory" (this process) or "redis"
+            (needs broker_url). A handler's own session_store attribute wins.
         log_format: Log output of the CLI: "console" (for people) or "json" (one object a line).
         log_level: Lowest level logged by the CLI: "debug", "info", "warning" or "error".
         log_connections: Log every connection's open and close at info level (peer, user,
@@ -261,6 +264,7 @@ class Config:
     sessions: bool = True
     max_session_connections: int = _setting(0, min=0, note="(0: no limit)")
     session_expiry: float | None = _setting(86_400.0, gt=0, unit="seconds")
+    session_store: Literal["auto", "memory", "redis"] = "auto"
 
     # logging (used by the CLI)
     log_format: Literal["console", "json"] = "console"
@@ -296,6 +300,8 @@ class Config:
                 parse_broker_url(self.broker_url)
             except ValueError as exc:
                 raise ConfigError("broker_url", str(exc)) from None
+        if self.session_store == "redis" and self.broker_url is None:
+            raise ConfigError("session_store", '"redis" needs broker_url (the Redis to use)')
         if any(c.isspace() or c in "{}" for c in self.broker_prefix):
             raise ConfigError("broker_prefix", "may not contain spaces or braces")
         paths = {"path": self.path, "health_path": self.health_path}

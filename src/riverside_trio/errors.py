@@ -37,6 +37,7 @@ __all__ = [
     "RequestTimeout",
     "RiversideError",
     "SessionError",
+    "SessionStoreError",
 ]
 
 
@@ -190,7 +191,15 @@ class RequestTimeout(RequestError):
 class SessionError(RequestError):
     """A session could not be created, restored or closed; ``code`` says why
     (``sessions_disabled``, ``session_exists``, ``session_not_found``,
-    ``max_session_connections``). Raised in a request handler, it becomes that error reply."""
+    ``max_session_connections``, ``session_store_unavailable``). Raised in a request
+    handler, it becomes that error reply."""
+
+
+class SessionStoreError(RiversideError):
+    """A :class:`~riverside_trio.SessionStore` cannot reach where it keeps sessions (Redis
+    is down, say). Stores raise it; the client gets the error reply
+    ``session_store_unavailable`` (any other exception of a store is a bug of the store:
+    logged, answered ``internal_error``)."""
 
 
 class ConfigError(RiversideError, ValueError):

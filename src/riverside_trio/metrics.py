@@ -71,6 +71,7 @@ class Metrics:
         self._duration_counts = [0] * (len(DURATION_BUCKETS) + 1)
         self._duration_sum = 0.0
         self.broker: Any = None  # with several nodes: the broker's counters (collect())
+        self.session_store: Any = None  # the Redis session store's counters (collect())
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
 
@@ -203,3 +204,5 @@ class _Collector:
         yield refusals
         if m.broker is not None:
             yield from m.broker.collect()
+        if m.session_store is not None:
+            yield from m.session_store.collect()

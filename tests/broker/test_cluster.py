@@ -1,5 +1,6 @@
 """A Redis Cluster of three masters (sharded pub/sub: SSUBSCRIBE / SPUBLISH): delivery
-across nodes, and delivery resuming by itself after one master is killed and restarted."""
+across nodes, delivery resuming by itself after one master is killed and restarted, and
+sessions in the cluster (each session's keys in one slot)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ from collections.abc import Iterator
 import pytest
 import trio
 
+from riverside_trio import ErrorCode, SessionError, open_client
+
 from .._helpers import ws_open
 from .._redis import RedisCluster, command, needs_redis
-from ._nodes import all_settled, broker, nodes
+from ._nodes import all_settled, broker, nodes, wait_for
+from .test_sessions import SessionApp, store, via
 
 pytestmark = [needs_redis, pytest.mark.redis]
 
@@ -68,3 +72,31 @@ async def test_delivery_resumes_after_a_master_restarts(cluster: RedisCluster) -
                 assert value > got  # late copies of the probes, never out of order
                 got = value
         assert received == list(range(1000, 1050))
+
+
+async def test_sessions_restore_across_nodes_on_a_cluster(cluster: RedisCluster) -> None:
+    gate = trio.Event()
+    async with (
+        nodes(cluster.url, handler=SessionApp, broker_ttl=1, max_session_connections=1) as (a, b),
+        open_client(
+            a.url, stream_factory=via(a, b, gate=gate), backoff_min=0.001, backoff_max=0.01
+        ) as one,
+        open_client(b.url) as two,
+    ):
+        await wait_for(lambda: store(a)._client is not None and store(b)._client is not None, "")
+        key = await one.request("login", "kim")
+        with pytest.raises(SessionError) as info:
+            await two.restore_session(key)  # held on a: full
+        assert info.value.code == ErrorCode.MAX_SESSION_CONNECTIONS
+        a.connections()[0].close(1012, "restarting")
+        # a writes its count down (a scripted pipeline on the cluster); then the client
+        # comes back on b and restores there
+        await wait_for(lambda: key not in store(a)._held, "a's count written")
+        gate.set()
+        await wait_for(lambda: one.connects == 2 and one.connected, "reconnected to b")
+        assert one.restore_error is None and await one.request("whoami") == "kim"
+        assert await b.handler.close_session(key) == 1
+        await wait_for(lambda: one.session is None, "told")
+        with pytest.raises(SessionError) as info:
+            await two.restore_session(key)
+        assert info.value.code == ErrorCode.SESSION_NOT_FOUND

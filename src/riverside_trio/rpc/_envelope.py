@@ -67,6 +67,8 @@ class ErrorCode:
     """No session has that key (never created, closed, or expired)."""
     MAX_SESSION_CONNECTIONS: Final = "max_session_connections"
     """The session has ``max_session_connections`` connections already."""
+    SESSION_STORE_UNAVAILABLE: Final = "session_store_unavailable"
+    """The session store cannot be reached (Redis is down): try again later."""
 
 
 @dataclass(frozen=True, slots=True)

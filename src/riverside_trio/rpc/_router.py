@@ -25,14 +25,13 @@ the reader, before ``handle_message``, and never awaits):
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import structlog
 import trio
 
-from ..errors import ConnectionClosed, RequestError, SessionError
+from ..errors import ConnectionClosed, RequestError
 from ..handler import Handler
 from ..wire.frames import Cork
 from ._calls import ConnRPC
@@ -45,16 +44,14 @@ from ._envelope import (
     Reply,
     Request,
     RestoreSession,
-    SessionClosed,
-    SessionCreated,
-    SessionData,
     Signal,
     Welcome,
 )
 from ._format import Format, format_for
 from ._inline import DEFAULT as _DEFAULT
 from ._inline import inline_table, never_awaits
-from ._sessions import MemoryStore, Sessions, SessionStore, new_session_key
+from ._session_ops import SessionOps
+from ._sessions import Sessions, SessionStore
 
 if TYPE_CHECKING:
     from ..server._connection import Connection
@@ -174,14 +171,13 @@ def _flush(cork: Cork) -> None:
         log.exception("cork_flush_failed")
 
 
-class Router:
-    """The request/reply machinery of one RPCHandler instance."""
+class Router(SessionOps):
+    """The request/reply machinery of one RPCHandler instance (its sessions: ``SessionOps``)."""
 
     def __init__(self, handler: RPCHandler) -> None:
         self.handler = handler
         self.fmt: Format = format_for(handler.codec)
-        store = handler.session_store
-        self.store: SessionStore = store if store is not None else MemoryStore()
+        self._store: SessionStore | None = None  # chosen on first use (SessionOps.store_of)
         self.sessions = Sessions()
         # The handlers that run inline in the reader (see the module's docstring).
         self.inline_requests = inline_table(handler, handler._rpc_requests)
@@ -373,7 +369,7 @@ class Router:
             code, reason = conn._closed_args()
             st.fail_pending(code, reason)
             if st.session is not None:
-                self.sessions.unbind(st.session.key, conn)
+                self.unbind_session(st.session.key, conn)
 
     async def _serial(self, conn: Connection, st: ConnRPC) -> None:
         """One at a time (the default), under one cancel scope whose deadline each request
@@ -498,94 +494,3 @@ class Router:
                 log.exception("signal_failed", name=sig.name, user_id=conn.user_id)
         except Exception:
             log.exception("signal_failed", name=sig.name, user_id=conn.user_id)
-
-    # ---------------------------------------------------------------- sessions
-
-    async def create_session(self, conn: Connection, info: Any) -> SessionData:
-        cfg = conn._core.config
-        if not cfg.sessions:
-            raise SessionError(ErrorCode.SESSIONS_DISABLED, "sessions are turned off")
-        st = self.state(conn)
-        if st.session is not None:
-            raise SessionError(ErrorCode.SESSION_EXISTS, "this connection has a session")
-        if conn.closed or st.closed:
-            raise ConnectionClosed(*conn._closed_args())
-        now = time.time()
-        session = SessionData(new_session_key(), now, now, info)
-        conn.send(self.fmt.out(SessionCreated(session)))  # the client learns its key first
-        st.session = session
-        self.sessions.bind(session.key, conn)
-        try:
-            await self.store.save(session, cfg.session_expiry)
-        except Exception:
-            log.exception("session_store_failed", op="save", user_id=conn.user_id)
-        return session
-
-    async def close_session_of(self, conn: Connection) -> bool:
-        st = self.state(conn)
-        session = st.session
-        if session is None:
-            return False
-        st.session = None
-        last = self.sessions.unbind(session.key, conn)
-        self._send(conn, SessionClosed())
-        if last:
-            await self._forget(session.key, conn.user_id)
-        return True
-
-    async def close_key(self, key: str) -> int:
-        conns = self.sessions.connections(key)
-        for conn in conns:
-            conn._rpc.session = None
-            self.sessions.unbind(key, conn)
-            self._send(conn, SessionClosed())
-        await self._forget(key, None)
-        return len(conns)
-
-    async def _forget(self, key: str, user_id: str | None) -> None:
-        try:
-            await self.store.delete(key)
-        except Exception:
-            log.exception("session_store_failed", op="delete", user_id=user_id)
-
-    async def _restore(self, req: RestoreSession, conn: Connection) -> None:
-        cfg = conn._core.config
-        st = self.state(conn)
-        if not cfg.sessions:
-            error = (ErrorCode.SESSIONS_DISABLED, "sessions are turned off")
-        elif st.session is not None:
-            error = (ErrorCode.SESSION_EXISTS, "this connection has a session already")
-        elif (
-            cfg.max_session_connections
-            and self.sessions.count(req.key) >= cfg.max_session_connections
-        ):
-            error = (ErrorCode.MAX_SESSION_CONNECTIONS, "the session has its most connections")
-        else:
-            try:
-                session = await self.store.lookup(req.key, cfg.session_expiry)
-            except Exception:
-                log.exception("session_store_failed", op="lookup", user_id=conn.user_id)
-                error = (ErrorCode.INTERNAL, "internal error")
-            else:
-                if session is None:
-                    error = (ErrorCode.SESSION_NOT_FOUND, "no session has that key")
-                elif st.session is not None:  # created meanwhile by a handler
-                    error = (ErrorCode.SESSION_EXISTS, "this connection has a session already")
-                else:
-                    st.session = session
-                    self.sessions.bind(session.key, conn)
-                    self._reply(conn, req.id, self.fmt.session_payload(session))
-                    return
-        self._send(conn, ErrorReply(req.id, *error))
-
-    async def _close_by_client(self, req: CloseSession, conn: Connection) -> None:
-        if not conn._core.config.sessions:
-            self._send(conn, ErrorReply(req.id, ErrorCode.SESSIONS_DISABLED, "sessions are off"))
-            return
-        st = self.state(conn)
-        session = st.session
-        if session is not None:
-            st.session = None
-            if self.sessions.unbind(session.key, conn):
-                await self._forget(session.key, conn.user_id)
-        self._reply(conn, req.id, None)

@@ -49,6 +49,15 @@ def attach_broker(core: Core) -> RedisBroker | None:
     core.registry.listener = broker
     core.registry.on_change = broker.member_changed
     core.metrics.broker = broker.stats
+    if config.session_store != "memory":
+        from ..rpc._redis_store import RedisSessionStore
+
+        store = RedisSessionStore(
+            core.node_id, config.broker_prefix, config.broker_ttl, str(broker.url)
+        )
+        broker.session_tasks.append(store.run)
+        core.session_store = store
+        core.metrics.session_store = store
     return broker
 
 
@@ -82,6 +91,8 @@ async def leave_cluster(core: Core) -> None:
     if core.broker is None:
         return
     with trio.move_on_after(LEAVE_TIMEOUT) as scope:
+        if core.session_store is not None:
+            await core.session_store.leave()  # connections gone count no more
         await core.broker.directory.leave()
     if scope.cancelled_caught:
         log.warning("broker_leave_timeout", timeout=LEAVE_TIMEOUT)

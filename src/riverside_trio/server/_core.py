@@ -124,6 +124,9 @@ class Core:
         self._connection_ids = itertools.count(1)
         # Several nodes (broker_url): the Redis broker, plugged into the registry and hub.
         self.broker: RedisBroker | None = None
+        # The server's session store for RPCHandlers without one of their own (None: each
+        # makes a MemoryStore); with broker_url, the Redis store (see session_store).
+        self.session_store: Any = None
 
     def connection_id(self) -> str:
         """A new connection id, unique in the cluster: ``<node id>-<hex counter>``."""

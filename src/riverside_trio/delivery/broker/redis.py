@@ -27,6 +27,7 @@ Cross-node delivery is at-most-once and in order per sender and destination.
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -120,6 +121,8 @@ class RedisBroker:
         self.connected = False
         self.heartbeat_at: float | None = None  # trio time our last heartbeat came back
         self._session_started = 0.0
+        # Tasks run in each session with Redis, given its client (the session store's).
+        self.session_tasks: list[Callable[[Any], Awaitable[None]]] = []
 
     # ------------------------------------------------------------------ membership events
 
@@ -204,6 +207,13 @@ class RedisBroker:
                     await self._session()
                 except Exception as exc:
                     error = _describe(exc)
+                except BaseExceptionGroup as group:
+                    # Cancelled while a task failed (coredis turns a connect cut short by
+                    # the cancellation into ConnectionError): the cancellation wins.
+                    cancelled = group.split(trio.Cancelled)[0]
+                    if cancelled is None:
+                        raise
+                    raise cancelled from None
                 else:  # pragma: no cover - a session only ends by failing
                     error = "session ended"
                 self.connected = False
@@ -239,6 +249,8 @@ class RedisBroker:
             nursery.start_soon(self._publisher, client)
             nursery.start_soon(self._heartbeat, client)
             nursery.start_soon(self.directory.run, client)
+            for task in self.session_tasks:
+                nursery.start_soon(task, client)
 
     # ------------------------------------------------------------------ subscriber
 
