@@ -223,6 +223,19 @@ async def test_a_client_leaving_on_the_tick_of_a_keepalive_ping_closes_cleanly(
     assert (await client.client.wait_closed()).code == 1000
 
 
+async def test_what_a_block_raises_comes_out_of_it_as_it_is(
+    riverside: Riverside, mock_clock: trio.testing.MockClock
+) -> None:
+    with pytest.raises(KeyError, match="mine"):
+        async with riverside.serve(Room) as server, server.connect(token="ann"):
+            raise KeyError("mine")
+    with pytest.raises(KeyError, match="also mine"):
+        async with riverside.serve(Room):
+            raise KeyError("also mine")
+    # the teardown let the clock jump; the test's clock is as it was
+    assert mock_clock.autojump_threshold == float("inf")
+
+
 async def test_advance_needs_a_mock_clock() -> None:
     with pytest.raises(RuntimeError, match="mock_clock"):
         await advance(1)

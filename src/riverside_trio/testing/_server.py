@@ -171,24 +171,37 @@ class TestServer:
                 return client_end
 
             client_options["stream_factory"] = memory_stream
-        async with AsyncExitStack() as stack:
-            try:
-                client: Client = await stack.enter_async_context(
-                    open_client(
-                        base + target,
-                        codec=codec if codec is not None else self.handler.codec,
-                        reconnect=reconnect,
-                        subprotocols=subprotocols,
-                        headers=pairs,
-                        **client_options,
+        raised: list[BaseException] = []
+        try:
+            async with AsyncExitStack() as stack:
+                try:
+                    client: Client = await stack.enter_async_context(
+                        open_client(
+                            base + target,
+                            codec=codec if codec is not None else self.handler.codec,
+                            reconnect=reconnect,
+                            subprotocols=subprotocols,
+                            headers=pairs,
+                            **client_options,
+                        )
                     )
-                )
-            except BaseExceptionGroup as group:
-                rejected = _rejection(group)
-                if rejected is None:
+                except BaseExceptionGroup as group:
+                    rejected = _rejection(group)
+                    if rejected is None:
+                        raise
+                    raise rejected from None
+                try:
+                    yield TestClient(client, timeout=self.timeout if timeout is None else timeout)
+                except BaseException as exc:
+                    raised.append(exc)
                     raise
-                raise rejected from None
-            yield TestClient(client, timeout=self.timeout if timeout is None else timeout)
+        except BaseExceptionGroup as group:
+            alone = _alone(group, raised)
+            if alone is None:
+                raise
+        else:
+            return
+        raise alone
 
     async def shutdown(self) -> None:
         """Shut the server down gracefully (1001 to every client, then stop) and wait until
@@ -251,19 +264,53 @@ async def open_test_server(
     settings.setdefault("port", 0)
     config = dataclasses.replace(config if config is not None else Config(), **settings)
     clock = trio.lowlevel.current_clock()
-    threshold = 0.0
-    async with trio.open_nursery() as nursery:
-        server: Server = await nursery.start(_serve, handler, config, ssl_context)
-        try:
-            yield TestServer(server, nursery, transport=transport, timeout=timeout)
-        finally:
-            nursery.cancel_scope.cancel()
-            if isinstance(clock, trio.testing.MockClock):
-                # The teardown's shielded waits (terminate_timeout, the last flush) must
-                # not wait for a clock that only the test moves.
-                threshold, clock.autojump_threshold = clock.autojump_threshold, 0
-    if isinstance(clock, trio.testing.MockClock):
-        clock.autojump_threshold = threshold
+    mock = clock if isinstance(clock, trio.testing.MockClock) else None
+    threshold = mock.autojump_threshold if mock is not None else 0.0
+    raised: list[BaseException] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                server: Server = await nursery.start(_serve, handler, config, ssl_context)
+                yield TestServer(server, nursery, transport=transport, timeout=timeout)
+            except BaseException as exc:
+                raised.append(exc)
+                raise
+            finally:
+                nursery.cancel_scope.cancel()
+                if mock is not None:
+                    # The teardown's shielded waits (terminate_timeout, the last flush) must
+                    # not wait for a clock that only the test moves.
+                    mock.autojump_threshold = 0
+    except BaseExceptionGroup as group:
+        alone = _alone(group, raised)
+        if alone is None:
+            raise
+    else:
+        return
+    finally:
+        if mock is not None:
+            mock.autojump_threshold = threshold
+    raise alone
+
+
+def _alone(group: BaseExceptionGroup[Any], raised: list[BaseException]) -> BaseException | None:
+    """What the block raised, when it is all ``group`` holds (nested groups flattened).
+
+    The nurseries of the server and of the client wrap whatever the test's block raises; a
+    failed assertion should read as one, and ``pytest.raises`` around a block should see
+    what was raised in it. When anything else failed too, the group stays as it is.
+    """
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    if raised and len(leaves) == 1 and leaves[0] is raised[0]:
+        return raised[0]
+    return None
 
 
 async def _serve(
