@@ -1,4 +1,4 @@
-"""Helpers of the request/reply tests: bare WebSockets for hand-written envelopes."""
+"""Helpers of the request/reply tests: clients over real sockets or memory streams."""
 
 from __future__ import annotations
 
@@ -11,9 +11,25 @@ import trio
 import trio.testing
 from trio_websocket import WebSocketConnection
 
-from riverside_trio import Server
+from riverside_trio import Client, Server, open_client
 
 from ._helpers import ws_open
+
+
+@asynccontextmanager
+async def memory_client(server: Server, **kwargs: Any) -> AsyncIterator[Client]:
+    """A Trio client whose connections are memory streams into ``server.serve_stream``:
+    no socket, so ``MockClock`` moves the timers only when every task waits."""
+    async with trio.open_nursery() as nursery:
+
+        async def factory() -> trio.abc.Stream:
+            client_end, server_end = trio.testing.memory_stream_pair()
+            nursery.start_soon(server.serve_stream, server_end)
+            return client_end
+
+        async with open_client(server.url, stream_factory=factory, **kwargs) as client:
+            yield client
+        nursery.cancel_scope.cancel()
 
 
 @asynccontextmanager
