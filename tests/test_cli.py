@@ -448,3 +448,11 @@ async def test_serve_demo_end_to_end() -> None:
             with trio.fail_after(15):
                 await process.wait()
     assert process.returncode == 0, "\n".join(lines)
+
+
+def test_the_api_command_needs_a_key_and_a_broker(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["api", "--port", "0"]) == 2
+    assert "api_key" in capsys.readouterr().err
+    assert main(["api", "--port", "0", "--api-key", "test-api-key-1"]) == 2
+    err = capsys.readouterr().err
+    assert "broker_url" in err and "Redis" in err

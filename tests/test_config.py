@@ -173,6 +173,10 @@ BAD_VALUES: dict[str, list[object]] = {
     "broker_prefix": ["", None, "a b", "{x}"],
     "broker_ttl": [0, 0.5, -1, None, "15"],
     "broker_queue_size": [0, -1, 1.5, None],
+    "api_key": ["short", "", [], ["a key with spaces"], ["a,b,c,d,e,f"], [12345678], 5],
+    "api_prefix": ["api", "", "/a b", None],
+    "api_claim_duration": [0, -1, None, "60"],
+    "api_max_body": [0, -1, 1.5, None],
 }
 
 

@@ -1,5 +1,5 @@
 """The settings that are lists, validated: ``allowed_origins``, ``trusted_proxies``,
-``jwt_algorithms`` and ``default_channels``.
+``jwt_algorithms``, ``default_channels`` and ``api_key``.
 
 Each check returns the normalised tuple or raises a :class:`~riverside_trio.errors.ConfigError`
 naming the setting and the entry that is wrong.
@@ -12,7 +12,16 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
-__all__ = ["check_algorithms", "check_channels", "check_networks", "check_origins"]
+__all__ = [
+    "MIN_API_KEY_LENGTH",
+    "check_algorithms",
+    "check_channels",
+    "check_keys",
+    "check_networks",
+    "check_origins",
+]
+
+MIN_API_KEY_LENGTH = 8
 
 
 def check_origins(name: str, value: object) -> tuple[str, ...]:
@@ -136,3 +145,30 @@ def check_channels(name: str, value: object) -> tuple[str, ...]:
         if entry.strip() not in channels:
             channels.append(entry.strip())
     return tuple(channels)
+
+
+def check_keys(name: str, value: object) -> tuple[str, ...]:
+    """One key (a str) or a non-empty list of keys: each at least MIN_API_KEY_LENGTH
+    visible ASCII characters without commas (they separate keys in a variable or flag).
+
+    The error messages never show a key.
+    """
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, list | tuple):
+        raise ConfigError(name, f"must be a key or a list of keys, got a {type(value).__name__}")
+    if not value:
+        raise ConfigError(name, "lists no key; give at least one, or None ('off') for no API")
+    for i, key in enumerate(value, 1):
+        if not isinstance(key, str):
+            raise ConfigError(name, f"key {i} must be a string, got a {type(key).__name__}")
+        if len(key) < MIN_API_KEY_LENGTH:
+            raise ConfigError(
+                name,
+                f"key {i} is shorter than {MIN_API_KEY_LENGTH} characters; use a long random one",
+            )
+        if not all("!" <= c <= "~" and c != "," for c in key):
+            raise ConfigError(
+                name, f"key {i} must be visible ASCII characters without spaces or commas"
+            )
+    return tuple(value)

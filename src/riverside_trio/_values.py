@@ -103,6 +103,8 @@ class AuthRequest:
     _authenticators: tuple[Callable[[AuthRequest], Awaitable[Accept | None]], ...] = field(
         default=(), repr=False, compare=False
     )
+    # The node's control API (api_key set), for accept_claim; None without it.
+    _api: Any = field(default=None, repr=False, compare=False)
 
     @property
     def origin(self) -> str | None:
@@ -132,6 +134,25 @@ class AuthRequest:
         scheme, _, value = self.headers.get("authorization", "").partition(" ")
         token = value.strip(" \t")
         return token if scheme.lower() == "bearer" and token else None
+
+    async def accept_claim(self) -> Accept:
+        """Accept the client by the claim it names (``?claim=<id>``, made with the control
+        API's ``POST /claim``): its user, session and channels. The claim is used up.
+
+        Call it from :meth:`Handler.authenticate`; a handler without its own authenticate
+        does this by itself when the control API is on. A checkpoint (with Redis, it waits
+        for Redis); cancelled, the claim may or may not have been used.
+
+        Raises:
+            AuthError: 401 with dSock's JSON error, code MISSING_AUTHENTICATION (no
+                ``claim`` parameter), MISSING_CLAIM (unknown, already used) or
+                EXPIRED_CLAIM; 503 ERROR_GETTING_CLAIM when Redis cannot be reached.
+            RuntimeError: the control API is off (no ``api_key``): there are no claims.
+        """
+        if self._api is None:
+            raise RuntimeError("claims need the control API: set the api_key setting")
+        accept: Accept = await self._api.accept_claim(self)
+        return accept
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,7 @@ _GROUP_STARTS = {
     "request_concurrency": "request/reply and sessions",
     "log_format": "logging",
     "broker_url": "several nodes (Redis)",
+    "api_key": "the HTTP control API",
 }
 
 
@@ -71,10 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "client":
         return _console.run(args)
-    return _serve(args)
+    return _serve(args, api_only=args.command == "api")
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, *, api_only: bool = False) -> int:
     unknown_env: list[tuple[str, str]] = []
     try:
         config = _config._load(
@@ -108,10 +109,26 @@ def _serve(args: argparse.Namespace) -> int:
     }
     log.debug("config", **shown)
 
-    if args.handler is None:
+    if api_only:
+        if config.api_key is None:
+            return _usage_error(
+                "api_key: the api command serves the control API: set --api-key "
+                f"(or {ENV_PREFIX}API_KEY, or api_key in the TOML file)"
+            )
+        if config.broker_url is None:
+            return _usage_error(
+                "broker_url: an API node holds no connections and reaches the cluster's "
+                "through Redis: set --broker-url to the Redis of the 'serve' nodes (or run "
+                "the API inside 'serve' with --api-key)"
+            )
+        from .api._node import ApiOnlyHandler
+
+        handler: Handler = ApiOnlyHandler()
+        log.info("serving_control_api_only", prefix=config.api_prefix)
+    elif args.handler is None:
         from ._demo import DemoHandler
 
-        handler: Handler = DemoHandler()
+        handler = DemoHandler()
         log.info("serving_demo", hint="name your own handler as module:Handler")
     else:
         try:
@@ -235,10 +252,11 @@ _REPEATED = {
     "trusted_proxies": ("--trusted-proxy", "ADDRESS|CIDR"),
     "jwt_algorithms": ("--jwt-algorithm", "ALGORITHM"),
     "default_channels": ("--default-channel", "CHANNEL"),
+    "api_key": ("--api-key", "KEY"),
 }
 
 # Settings whose values are never logged.
-_SECRETS = frozenset({"jwt_secret"})
+_SECRETS = frozenset({"jwt_secret", "api_key"})
 
 
 def _flag(name: str) -> str:
@@ -278,6 +296,8 @@ def _help(name: str) -> str:
         doc += " Repeat the flag for several algorithms."
     elif name == "default_channels":
         doc += " Repeat the flag for several channels."
+    elif name == "api_key":
+        doc += " Repeat the flag for several keys."
     shown = "off" if default is None else "none" if default == () else default
     env = ENV_PREFIX + name.upper()
     return f"{doc} (default: {shown}; env {env})".replace("%", "%%")
@@ -335,6 +355,21 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="module:Handler",
         help="the handler to serve, e.g. chat:ChatHandler (default: the built-in demo)",
     )
+    _add_settings(serve)
+    api = commands.add_parser(
+        "api",
+        help="run a node that serves the HTTP control API only",
+        description=(
+            "Serve the HTTP control API alone: a node that holds no WebSocket connections "
+            "and reaches the cluster through Redis. Needs --api-key and --broker-url."
+        ),
+    )
+    _add_settings(api)
+    _console.add_parser(commands)
+    return parser
+
+
+def _add_settings(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--config",
         metavar="FILE",
@@ -363,8 +398,6 @@ def _build_parser() -> argparse.ArgumentParser:
                 default=argparse.SUPPRESS,
                 help=_help(f.name),
             )
-    _console.add_parser(commands)
-    return parser
 
 
 def _flag_overrides(args: argparse.Namespace) -> dict[str, object]:

@@ -24,7 +24,13 @@ from typing import Any, Literal
 import structlog
 
 from ._config_auth import check_jwt_settings
-from ._config_lists import check_algorithms, check_channels, check_networks, check_origins
+from ._config_lists import (
+    check_algorithms,
+    check_channels,
+    check_keys,
+    check_networks,
+    check_origins,
+)
 from ._config_rules import (
     OFF_WORDS,
     Rule,
@@ -193,6 +199,13 @@ class Config:
             refreshes them every third of it.
         broker_queue_size: Messages queued between this node and Redis, each way, >= 1;
             more are dropped and counted (riverside_broker_dropped_total).
+        api_key: Keys of the HTTP control API (see "HTTP control API"), comma-separated:
+            several keys for rotation, any one is accepted. None ("off"): no API, and
+            clients connect as the handler's authenticate decides.
+        api_prefix: URL path under which the control API is served ("/api/send", ...).
+        api_claim_duration: Seconds a claim lives when /claim gives no expiration or
+            duration, > 0.
+        api_max_body: Largest control API request body, bytes, >= 1 (more: 413).
     """
 
     # network
@@ -277,6 +290,12 @@ class Config:
     broker_ttl: float = _setting(15.0, min=1, unit="seconds")
     broker_queue_size: int = _setting(10_000, min=1)
 
+    # the HTTP control API
+    api_key: tuple[str, ...] | None = dataclasses.field(default=None, repr=False)
+    api_prefix: str = _setting("/api", url_path=True)
+    api_claim_duration: float = _setting(60.0, gt=0, unit="seconds")
+    api_max_body: int = _setting(1_048_576, min=1, unit="bytes")
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -307,6 +326,10 @@ class Config:
         paths = {"path": self.path, "health_path": self.health_path}
         if self.metrics_path is not None:
             paths["metrics_path"] = self.metrics_path
+        if self.api_key is not None:
+            paths["api_prefix"] = self.api_prefix.rstrip("/") or "/"
+            if paths["api_prefix"] == "/":
+                raise ConfigError("api_prefix", "must not be '/': the API needs a path of its own")
         seen: dict[str, str] = {}
         for name, value in paths.items():
             if value in seen:
@@ -462,6 +485,7 @@ _LIST_CHECKS: dict[str, Callable[[str, object], tuple[str, ...]]] = {
     "allowed_origins": check_origins,
     "jwt_algorithms": check_algorithms,
     "default_channels": check_channels,
+    "api_key": check_keys,
 }
 
 _split_optional = split_optional

@@ -16,6 +16,7 @@ Names follow Riverside's::
     riverside_queued_bytes                             gauge   (bytes held for sending, node-wide)
     riverside_memory_shed_connections_total            counter (closed by max_queued_bytes)
     riverside_auth_refused_total{reason}               counter (origin_mismatch, jwt_expired, ...)
+    riverside_api_requests_total{route,status}         counter (the HTTP control API)
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ class Metrics:
         self.invalid_messages: Counter[str] = Counter()
         self._duration_counts = [0] * (len(DURATION_BUCKETS) + 1)
         self._duration_sum = 0.0
+        self.api_requests: Counter[tuple[str, int]] = Counter()
+        """Control API requests by (route name, HTTP status); route "unknown" for a path
+        that names no route (or a refusal before the route is known)."""
         self.broker: Any = None  # with several nodes: the broker's counters (collect())
         self.session_store: Any = None  # the Redis session store's counters (collect())
         self.registry = CollectorRegistry(auto_describe=False)
@@ -202,6 +206,15 @@ class _Collector:
         for reason, n in sorted(m.auth_refused.items()):
             refusals.add_metric([reason], n)
         yield refusals
+        if m.api_requests:
+            api = CounterMetricFamily(
+                "riverside_api_requests",
+                "HTTP control API requests, by route and HTTP status",
+                labels=["route", "status"],
+            )
+            for (route, status), n in sorted(m.api_requests.items()):
+                api.add_metric([route, str(status)], n)
+            yield api
         if m.broker is not None:
             yield from m.broker.collect()
         if m.session_store is not None:

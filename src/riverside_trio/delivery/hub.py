@@ -24,7 +24,7 @@ from ..wire.deflate import MIN_COMPRESS, Compressor
 from ..wire.frames import OP_BINARY, OP_TEXT, encode_close, encode_frame, fan_out
 from .registry import Member, Members, MembershipListener, Registry
 
-__all__ = ["Broker", "Hub"]
+__all__ = ["Broker", "Hub", "change_channel", "close_members"]
 
 
 class Broker(MembershipListener, Protocol):
@@ -227,4 +227,16 @@ def close_members(members: Members, code: int, reason: str) -> int:
     conns = list(members.values())
     for conn in conns:
         conn._initiate_close(code, reason, "closed")
+    return len(conns)
+
+
+def change_channel(registry: Registry, members: Members, channel: str, join: bool) -> int:
+    """Make each of ``members`` join (or leave) ``channel``; how many members there were
+    (joining twice, or leaving a channel one is not in, is harmless)."""
+    conns = list(members.values())
+    for conn in conns:
+        if join:
+            registry.join(conn, channel)
+        else:
+            registry.leave(conn, channel)
     return len(conns)

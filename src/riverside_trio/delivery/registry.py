@@ -69,6 +69,7 @@ class Registry:
         "channels",
         "connections",
         "groups",
+        "ids",
         "listener",
         "names",
         "on_change",
@@ -78,6 +79,7 @@ class Registry:
 
     def __init__(self, listener: MembershipListener | None = None) -> None:
         self.connections: dict[Member, None] = {}
+        self.ids: dict[str, Member] = {}  # connection id -> connection (the control API's)
         self.users: dict[str, Member | Members] = {}
         self.sessions: dict[tuple[str, str], Member | Members] = {}
         self.channels: dict[str, Members] = {}
@@ -118,6 +120,11 @@ class Registry:
             f"got {type(destination).__name__}"
         )
 
+    def by_id(self, conn_id: str) -> Members:
+        """The local connection whose id is ``conn_id`` (as a one-member group), if any."""
+        conn = self.ids.get(conn_id)
+        return _EMPTY if conn is None else {conn._outbox: conn}
+
     def user(self, user_id: str) -> Members:
         """The local connections of ``user_id``."""
         return _members(self.users.get(user_id))
@@ -135,6 +142,7 @@ class Registry:
     def add(self, conn: Member) -> None:
         """Register an open connection under its user and session."""
         self.connections[conn] = None
+        self.ids[conn.id] = conn
         if _add_one(self.users, conn.user_id, conn) and self.listener is not None:
             self.listener.first_member(User(conn.user_id))
         key = (conn.user_id, conn.session_id)
@@ -152,6 +160,7 @@ class Registry:
 
     def unroute(self, conn: Member) -> None:
         """Take a closing connection out of every destination; it still counts as open."""
+        self.ids.pop(conn.id, None)
         listener = self.listener
         if _discard_one(self.users, conn.user_id, conn) and listener is not None:
             listener.last_member(User(conn.user_id))

@@ -26,6 +26,7 @@ from ._budget import MemoryBudget, Sheddable
 from ._poller import Poller
 
 if TYPE_CHECKING:
+    from ..api._app import ControlAPI
     from ..delivery.broker.redis import RedisBroker
 
 __all__ = ["Callbacks", "Core"]
@@ -127,6 +128,8 @@ class Core:
         # The server's session store for RPCHandlers without one of their own (None: each
         # makes a MemoryStore); with broker_url, the Redis store (see session_store).
         self.session_store: Any = None
+        # The HTTP control API and its claims (api_key set; made by the Server).
+        self.api: ControlAPI | None = None
 
     def connection_id(self) -> str:
         """A new connection id, unique in the cluster: ``<node id>-<hex counter>``."""

@@ -23,7 +23,8 @@ Decisions, in order (RFC 6455 section 4.2.1 for the upgrade):
   ``Accept.subprotocol``, else ``riverside.jwt`` when offered (a token's marker).
 - A plain request: ``health_path`` -> 200 ``OK``; ``metrics_path`` -> Prometheus text;
   ``Config.path`` -> 426 with ``Upgrade: websocket``; ``/riverside.js`` -> the browser
-  client; anything else -> ``handle_http``,
+  client; under ``api_prefix`` with ``api_key`` set -> the control API (``api/``, its own
+  body limit ``api_max_body``); anything else -> ``handle_http``,
   404 when it returns None. Plain HTTP connections close after one response.
 """
 
@@ -37,6 +38,7 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .._values import Accept, AuthRequest, Headers, HTTPRequest, HTTPResponse, new_session_id
+from ..api._request import ApiFailure
 from ..auth import JWT_SUBPROTOCOL, split_jwt_subprotocol
 from ..client._js import CLIENT_JS_PATH, CLIENT_JS_TYPE, client_js
 from ..errors import AuthError
@@ -186,6 +188,12 @@ async def handle_request(
             data = response(405, "method not allowed\n", [("Allow", "GET")], head=head)
         elif path == CLIENT_JS_PATH and method in ("GET", "HEAD"):
             data = response(200, client_js(), content_type=CLIENT_JS_TYPE, head=head)
+        elif core.api is not None and core.api.owns(path):
+
+            async def read_body(limit: int) -> bytes:
+                return await _read_api_body(core, conn, transport, headers, limit)
+
+            data = await core.api.handle(method, path, query_string, headers, read_body, peer)
         else:
             data = await _user_route(
                 core, conn, transport, method, path, query_string, headers, peer
@@ -250,6 +258,7 @@ async def handle_request(
         # a token sent as "riverside.jwt, <token>" is no subprotocol: it is never selected
         subprotocols=split_jwt_subprotocol(subprotocols(headers))[0],
         _authenticators=core.authenticators,
+        _api=core.api,
     )
     core.handshakes += 1
     try:
@@ -371,6 +380,34 @@ async def _reject(
     core.metrics.rejected[status] += 1
     await _close_after_response(core, transport, data)
     return None
+
+
+async def _read_api_body(
+    core: Core, conn: h11.Connection, transport: Transport, headers: Headers, limit: int
+) -> bytes:
+    """The body of a control API request, at most ``limit`` bytes.
+
+    Raises:
+        ApiFailure: BODY_TOO_LARGE, REQUEST_TIMEOUT, or ERROR_BINDING_QUERY_PARAMS for a
+            body that breaks HTTP.
+    """
+    declared = headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiFailure("BODY_TOO_LARGE", f"the body is over api_max_body ({limit} bytes)")
+    body = bytearray()
+    with trio.move_on_after(core.config.handshake_timeout) as scope:
+        try:
+            while isinstance(event := await _next_event(conn, transport), h11.Data):
+                body += event.data
+                if len(body) > limit:
+                    raise ApiFailure(
+                        "BODY_TOO_LARGE", f"the body is over api_max_body ({limit} bytes)"
+                    )
+        except h11.RemoteProtocolError as exc:
+            raise ApiFailure("ERROR_BINDING_QUERY_PARAMS", f"bad HTTP body: {exc}") from None
+    if scope.cancelled_caught:
+        raise ApiFailure("REQUEST_TIMEOUT")
+    return bytes(body)
 
 
 async def _user_route(

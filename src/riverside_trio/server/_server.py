@@ -22,6 +22,7 @@ from typing import Any, cast
 import structlog
 import trio
 
+from ..auth import may_wait
 from ..cluster import ClusterView
 from ..config import Config
 from ..destinations import Channel, Destination, Group, Session, User
@@ -82,6 +83,14 @@ class Server:
         self._core = Core(handler, self.config, overridden=overridden)
         self._core.server = self
         self._core.broker = attach_broker(self._core)
+        if self.config.api_key is not None:
+            from ..api._app import ControlAPI
+
+            api = self._core.api = ControlAPI(self._core, self.cluster_view)
+            # a claim is tried first, then the other configured authenticators (a JWT)
+            core = self._core
+            core.authenticators = (api.authenticate_claim, *core.authenticators)
+            core.watch_authenticate = core.custom_authenticate or may_wait(core.authenticators)
         self._listeners: list[socket.socket] = []
         self._shutdown = trio.Event()
         self._drained = trio.lowlevel.ParkingLot()

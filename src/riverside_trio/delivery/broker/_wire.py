@@ -13,7 +13,13 @@ and each node has its own, ``<prefix>:node:<node id>``, for its heartbeat.
 An envelope is one version byte, one kind byte, the origin node's 8-byte id, then the body:
 the codec's payload bytes as they will be framed (kinds ``T`` text and ``B`` binary, encoded
 once in the whole cluster), an info as CBOR (``I``; never pickle: a node decodes only plain
-data), a close code and reason (``D``), or nothing (``H``, a heartbeat).
+data), a close code and reason (``D``), a channel to join (``J``) or leave (``L``), or
+nothing (``H``, a heartbeat).
+
+The control API also reaches one connection by its id (``<node id>-<n>``): it publishes on
+that node's own channel a ``C`` envelope whose body is the id's length (one byte), the id,
+then one of the kinds above without its header (kind byte, body): ``T``/``B`` raw messages,
+``D`` disconnects, ``J``/``L`` channel changes.
 """
 
 from __future__ import annotations
@@ -30,7 +36,10 @@ __all__ = [
     "DISCONNECT",
     "HEARTBEAT",
     "INFO",
+    "JOIN",
+    "LEAVE",
     "TEXT",
+    "TO_CONNECTION",
     "Envelope",
     "channel_name",
     "decode_info",
@@ -41,6 +50,9 @@ __all__ = [
 
 VERSION = 1
 TEXT, BINARY, INFO, DISCONNECT, HEARTBEAT = b"T"[0], b"B"[0], b"I"[0], b"D"[0], b"H"[0]
+JOIN, LEAVE, TO_CONNECTION = b"J"[0], b"L"[0], b"C"[0]
+_KINDS = frozenset({TEXT, BINARY, INFO, DISCONNECT, HEARTBEAT, JOIN, LEAVE, TO_CONNECTION})
+_INNER_KINDS = frozenset({TEXT, BINARY, DISCONNECT, JOIN, LEAVE})
 HEADER_SIZE = 10  # version, kind, 8 bytes of origin
 
 
@@ -106,6 +118,27 @@ class Envelope:
         """A disconnect's envelope."""
         return self._disconnect + code.to_bytes(2, "big") + reason.encode()
 
+    def channel_change(self, channel: str, join: bool) -> bytes:
+        """The envelope making members join (or leave) ``channel``."""
+        kind = JOIN if join else LEAVE
+        return self.origin_header(kind) + channel.encode("utf-8", "surrogatepass")
+
+    def origin_header(self, kind: int) -> bytes:
+        """The header of an envelope of ``kind`` from this node."""
+        return bytes([VERSION, kind]) + self.origin
+
+    def to_connection(self, conn_id: str, kind: int, body: bytes) -> bytes:
+        """The envelope for the one connection ``conn_id`` (published on its node's channel).
+
+        Raises:
+            ValueError: ``conn_id`` is longer than 255 bytes.
+        """
+        raw_id = conn_id.encode("utf-8", "surrogatepass")
+        if len(raw_id) > 255:
+            raise ValueError("a connection id is at most 255 bytes")
+        head = self.origin_header(TO_CONNECTION)
+        return head + bytes([len(raw_id)]) + raw_id + bytes([kind]) + body
+
 
 def encode_info(info: Any) -> bytes:
     """``info`` as CBOR.
@@ -143,7 +176,7 @@ def open_envelope(data: bytes) -> tuple[int, bytes, bytes]:
     if len(data) < HEADER_SIZE or data[0] != VERSION:
         raise ValueError("not a riverside-trio envelope of version 1")
     kind = data[1]
-    if kind not in (TEXT, BINARY, INFO, DISCONNECT, HEARTBEAT):
+    if kind not in _KINDS:
         raise ValueError(f"unknown envelope kind {kind!r}")
     return kind, data[2:HEADER_SIZE], data[HEADER_SIZE:]
 
@@ -157,3 +190,20 @@ def open_disconnect(body: bytes) -> tuple[int, str]:
     if len(body) < 2:
         raise ValueError("a disconnect needs a close code")
     return int.from_bytes(body[:2], "big"), body[2:].decode()
+
+
+def open_to_connection(body: bytes) -> tuple[str, int, bytes]:
+    """(connection id, inner kind, inner body) of a ``C`` envelope's body.
+
+    Raises:
+        ValueError: malformed.
+    """
+    if not body:
+        raise ValueError("a connection envelope needs an id")
+    n = body[0]
+    if len(body) < n + 2:
+        raise ValueError("a connection envelope is truncated")
+    kind = body[n + 1]
+    if kind not in _INNER_KINDS:
+        raise ValueError(f"unknown kind {kind!r} for a connection")
+    return body[1 : n + 1].decode("utf-8", "surrogatepass"), kind, body[n + 2 :]

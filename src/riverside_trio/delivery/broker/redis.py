@@ -36,7 +36,7 @@ import trio
 
 from ...cluster import ClusterView, NameClaim
 from ...destinations import Destination, Name
-from ..hub import close_members
+from ..hub import change_channel, close_members
 from ._client import make_client, open_pubsub
 from ._directory import Directory
 from ._stats import BrokerStats
@@ -44,14 +44,19 @@ from ._url import BrokerURL, parse_broker_url
 from ._wire import (
     BINARY,
     DISCONNECT,
+    HEARTBEAT,
     INFO,
+    JOIN,
+    LEAVE,
     TEXT,
+    TO_CONNECTION,
     Envelope,
     channel_name,
     decode_info,
     node_channel,
     open_disconnect,
     open_envelope,
+    open_to_connection,
 )
 
 if TYPE_CHECKING:
@@ -74,6 +79,7 @@ BACKOFF_MAX = 2.0  # seconds at most between attempts (jittered)
 
 
 _MESSAGE_TYPES = frozenset({"message", "smessage"})
+_HEARTBEAT = bytes([HEARTBEAT])
 
 
 class _Deaf(Exception):
@@ -119,6 +125,7 @@ class RedisBroker:
         self._dirty: set[bytes] = set()
         self._changed = trio.Event()
         self.connected = False
+        self.client: Any = None  # the Redis client of the session running now (else None)
         self.heartbeat_at: float | None = None  # trio time our last heartbeat came back
         self._session_started = 0.0
         # Tasks run in each session with Redis, given its client (the session store's).
@@ -176,6 +183,30 @@ class RedisBroker:
             self.stats.dropped_outgoing += 1
             self._warn("broker_queue_full", queue_size=self._out_send.statistics().max_buffer_size)
 
+    async def publish_now(self, channel: bytes, data: bytes) -> int:
+        """Publish one envelope at once (not through the queue), for the control API: how
+        many nodes received it (Redis's count of subscribers). A checkpoint.
+
+        Raises:
+            ConnectionError: Redis is not connected (nothing was sent).
+            Exception: whatever coredis raises when Redis fails meanwhile.
+        """
+        client = self.client
+        if client is None or not self.connected:
+            raise ConnectionError(f"the broker is not connected to {self.url}")
+        send = client.spublish if self.url.cluster else client.publish
+        received = int(await send(channel, data))
+        self.stats.published += 1
+        return received
+
+    def channel_of(self, destination: Destination) -> bytes:
+        """The Redis channel of ``destination``."""
+        return channel_name(self.prefix, destination)
+
+    def node_channel_of(self, node_id: str) -> bytes:
+        """The Redis channel of the node ``node_id`` (where its connections are reached by id)."""
+        return node_channel(self.prefix, node_id)
+
     def claim_name(self, member: Member, name: str) -> NameClaim:
         """Claim ``name`` (registered on this node already) in the whole cluster."""
         return self.directory.claim_name(member, name)
@@ -231,26 +262,33 @@ class RedisBroker:
                 delay = min(delay * 2, BACKOFF_MAX)
 
     async def _session(self) -> None:
-        async with make_client(self.url) as client, trio.open_nursery() as nursery:
-            await nursery.start(self._subscriber, client)
-            self._session_started = trio.current_time()
-            self.heartbeat_at = None
-            await self.directory.start(client)
-            self.connected = True
-            if self.stats.sessions:
-                self.stats.reconnects += 1
-            self.stats.sessions += 1
-            log.info(
-                "broker_connected",
-                url=str(self.url),
-                node_id=self.node_id,
-                subscriptions=len(self.subscribed),
-            )
-            nursery.start_soon(self._publisher, client)
-            nursery.start_soon(self._heartbeat, client)
-            nursery.start_soon(self.directory.run, client)
-            for task in self.session_tasks:
-                nursery.start_soon(task, client)
+        try:
+            async with make_client(self.url) as client, trio.open_nursery() as nursery:
+                await self._run_session(client, nursery)
+        finally:
+            self.client = None
+
+    async def _run_session(self, client: Any, nursery: trio.Nursery) -> None:
+        await nursery.start(self._subscriber, client)
+        self._session_started = trio.current_time()
+        self.heartbeat_at = None
+        await self.directory.start(client)
+        self.client = client
+        self.connected = True
+        if self.stats.sessions:
+            self.stats.reconnects += 1
+        self.stats.sessions += 1
+        log.info(
+            "broker_connected",
+            url=str(self.url),
+            node_id=self.node_id,
+            subscriptions=len(self.subscribed),
+        )
+        nursery.start_soon(self._publisher, client)
+        nursery.start_soon(self._heartbeat, client)
+        nursery.start_soon(self.directory.run, client)
+        for task in self.session_tasks:
+            nursery.start_soon(task, client)
 
     # ------------------------------------------------------------------ subscriber
 
@@ -279,7 +317,7 @@ class RedisBroker:
             while True:
                 if message is not None and message["type"] in _MESSAGE_TYPES:
                     channel = message["channel"]
-                    if channel == node:
+                    if channel == node and message["data"][1:2] == _HEARTBEAT:
                         self.heartbeat_at = trio.current_time()
                     else:
                         try:
@@ -357,7 +395,7 @@ class RedisBroker:
         stats = self.stats
         stats.received += 1
         destination = self.wanted.get(channel)
-        if destination is None:
+        if destination is None and channel != self._node_channel:
             return  # the last member left while the message was on its way
         try:
             kind, origin, body = open_envelope(data)
@@ -365,13 +403,21 @@ class RedisBroker:
                 stats.received -= 1
                 stats.echoes += 1
                 return
-            members = self.registry.members(destination)
+            if destination is None:  # our own channel: to one connection, by its id
+                if kind != TO_CONNECTION:
+                    raise ValueError(f"kind {kind!r} on a node's channel")
+                conn_id, kind, body = open_to_connection(body)
+                members = self.registry.by_id(conn_id)
+            else:
+                members = self.registry.members(destination)
             if kind in (TEXT, BINARY):
                 self.hub.deliver_payload(members, body, kind == TEXT)
             elif kind == INFO:
                 self.hub.post_info(members, decode_info(body))
             elif kind == DISCONNECT:
                 close_members(members, *open_disconnect(body))
+            elif kind in (JOIN, LEAVE):
+                change_channel(self.registry, members, body.decode(), kind == JOIN)
         except ValueError as exc:
             stats.invalid += 1
             self._warn(

@@ -1,0 +1,17 @@
+"""The HTTP control API (``api_key``): dSock's routes on the server's own port, and claims.
+
+The route table (:data:`ROUTES`, :data:`ERRORS`) is public: it is what the API accepts and
+answers, as data an OpenAPI document can be generated from or checked against.
+"""
+
+from __future__ import annotations
+
+from ._claims import Claim as Claim
+from ._routes import COMMON_ERRORS as COMMON_ERRORS
+from ._routes import ERRORS as ERRORS
+from ._routes import ROUTES as ROUTES
+from ._routes import ApiError as ApiError
+from ._routes import Param as Param
+from ._routes import Route as Route
+
+__all__ = ["COMMON_ERRORS", "ERRORS", "ROUTES", "ApiError", "Claim", "Param", "Route"]
