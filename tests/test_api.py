@@ -24,6 +24,7 @@ from ._helpers import (
     ws_open,
 )
 from ._http import KEY, OTHER_KEY, api, http, refused_upgrade
+from ._jwt import SECRET, mint
 
 SETTINGS: dict[str, Any] = {**NO_TIMERS, "api_key": (KEY, OTHER_KEY)}
 
@@ -512,3 +513,22 @@ async def test_a_body_that_does_not_arrive_is_408(mock_clock: MockClock) -> None
         assert head.startswith(b"HTTP/1.1 408")
         assert json.loads(body)["errorCode"] == "REQUEST_TIMEOUT"
         assert server.metrics.api_requests[("send", 408)] == 1
+
+
+async def test_with_a_jwt_key_too_a_claim_is_tried_first_then_the_token() -> None:
+    async with running(EchoHandler, **SETTINGS, jwt_secret=SECRET) as server:
+        p = server.port
+        c = await claim(p, user="by-claim", channels="c")
+        async with ws_open(server.url + "?claim=" + c):
+            (conn,) = server.connections()
+            assert (conn.user_id, conn.channels) == ("by-claim", {"c"})
+        await wait_until(lambda: server.connection_count == 0)
+        async with ws_open(server.url + "?jwt=" + mint(sub="by-token")):
+            (conn,) = server.connections()
+            assert conn.user_id == "by-token"
+        # a used claim is refused even with a valid token beside it: a wrong credential
+        # is a refusal, not a reason to try the next one
+        refused = await refused_upgrade(p, f"/ws?claim={c}&jwt={mint(sub='x')}")
+        assert (refused.status, refused.json["errorCode"]) == (401, "MISSING_CLAIM")
+        refused = await refused_upgrade(p, "/ws")
+        assert (refused.status, refused.json["errorCode"]) == (401, "MISSING_AUTHENTICATION")
