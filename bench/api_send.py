@@ -13,7 +13,10 @@ Reported: requests (or echoed messages) per second, and the server's CPU (user +
 from /proc) per request or message. The clients run in this process (Trio), the server in
 its own; on a 2-core machine they share the cores, so compare the two lines of one run.
 
-    python bench/api_send.py [--clients 8] [--duration 5]
+    python bench/api_send.py [--clients 8] [--duration 5] [--log-level info|warning]
+
+The server logs as ``riverside-trio serve --log-format json`` would (to /dev/null): at
+``info`` every API call is a log line, as in production; ``warning`` shows the cost without.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ SERVER = """
 import sys
 import riverside_trio
 from riverside_trio import Config, Handler, RawCodec
+from riverside_trio._logging import configure_logging
+
+configure_logging("json", sys.argv[3])
 
 class Echo(Handler):
     codec = RawCodec()
@@ -43,8 +49,8 @@ class Echo(Handler):
     async def handle_message(self, msg, conn):
         conn.send(msg)
 
-riverside_trio.run(Echo, Config(port=int(sys.argv[1]), api_key=sys.argv[2], log_level="warning",
-    log_connections=False, idle_timeout=None, ping_interval=None))
+riverside_trio.run(Echo, Config(port=int(sys.argv[1]), api_key=sys.argv[2],
+    log_connections=False, idle_timeout=None, ping_interval=None, transmission_limit=0))
 """
 
 
@@ -144,9 +150,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        help="the server's (json logs to /dev/null): info logs every API call, warning none",
+    )
     args = parser.parse_args()
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-c", SERVER, str(port), KEY])
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(port), KEY, args.log_level],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(100):
             try:
