@@ -4,7 +4,12 @@ for one; an API-only node; Redis unreachable."""
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
+import subprocess
+import sys
+from functools import partial
 from typing import Any
 
 import pytest
@@ -15,7 +20,7 @@ import riverside_trio
 from riverside_trio import Config, Connection, Handler, Server
 from riverside_trio.api._node import ApiOnlyHandler
 
-from .._helpers import NO_TIMERS, ws_open
+from .._helpers import NO_TIMERS, read_listening_port, ws_open
 from .._http import KEY, api, refused_upgrade, upgrade
 from .._redis import RedisServer, free_port, needs_redis
 from ._nodes import all_settled, nodes, wait_for
@@ -230,3 +235,45 @@ async def test_redis_unreachable_is_503_and_local_delivery_goes_on() -> None:
         assert (refused.status, refused.json["errorCode"]) == (503, "ERROR_GETTING_CLAIM")
         assert (await api(p, "GET", "/ping")).body == b"pong"
         nursery.cancel_scope.cancel()
+
+
+async def test_the_api_command_runs_an_api_node_that_reaches_the_cluster(
+    redis: RedisServer,
+) -> None:
+    prefix = "t" + secrets.token_hex(4)
+    command = [
+        sys.executable, "-m", "riverside_trio", "api", "--port", "0", "--log-format", "json",
+        "--broker-url", redis.url, "--broker-prefix", prefix,
+    ]  # fmt: skip
+    env = {**os.environ, "RIVERSIDE_API_KEY": KEY}
+    lines: list[str] = []
+    config = Config(host="127.0.0.1", port=0, broker_url=redis.url, broker_prefix=prefix)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            worker = await nursery.start(riverside_trio.serve, Echo, config.replace(**SETTINGS))
+            process: trio.Process = await nursery.start(
+                partial(
+                    trio.run_process,
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    check=False,
+                    env=env,
+                )
+            )
+            assert process.stderr is not None
+            port = await nursery.start(read_listening_port, process.stderr, lines)
+            await wait_for(lambda: any('"broker_connected"' in x for x in lines), "connected")
+            reply = await api(port, "POST", "/claim", {"user": "cli"})
+            assert reply.status == 200, reply.body
+            async with ws_open(worker.url + "?claim=" + reply.json["claim"]["id"]) as ws:
+                await all_settled(worker)
+                sent = await api(port, "POST", "/send", {"user": "cli", "type": "text"}, body=b"x")
+                assert sent.json == {"success": True, "connections": 0, "nodes": 1}
+                assert await ws.get_message() == "x"
+            assert (await api(port, "GET", "/ping", key="wrong-key-123")).status == 401
+            process.send_signal(signal.SIGTERM)
+            await process.wait()
+            nursery.cancel_scope.cancel()
+    assert any('"api_request"' in line and '"request_id"' in line for line in lines)
