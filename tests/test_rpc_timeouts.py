@@ -63,7 +63,7 @@ async def test_each_request_gets_its_whole_timeout_and_a_timeout_ends_only_its_r
             await client.request("sleep", 31, timeout=1000)
         assert info.value.code == ErrorCode.TIMEOUT
         assert await client.request("sleep", 29, timeout=1000) == 29
-        # Idle for longer than request_timeout: no timer fires meanwhile, nothing breaks.
+        # Idle for longer than request_timeout: the last deadline passes, nothing breaks.
         await trio.sleep(100)
         assert await client.request("sleep", 1, timeout=1000) == 1
     assert app.order == ["slept 20", "slept 25", "slept 29", "slept 1"]

@@ -11,7 +11,8 @@ Rules:
   that never awaits and would start at once runs in the reader instead (``_inline``):
   nothing can happen meanwhile, so the order and the limit are the same.
 - The task waits for work with ``wait``/``wake`` (the reader reschedules it directly)
-  and runs one request at a time under one cancel scope whose deadline each request sets.
+  and runs one request at a time under one cancel scope whose deadline each request sets
+  (an idle connection keeps its last request's deadline until it passes: one wake-up).
 - Replies are matched to pending calls by id as they are read; a reply to an id nobody
   waits for (unknown, or given up after its timeout) is dropped and logged.
 - When the connection ends, its task is cancelled: running handlers are cancelled, pending
