@@ -395,6 +395,17 @@ async def open_client(port: int) -> AsyncIterator[trio_websocket.WebSocketConnec
             await ws.aclose()
 
 
+async def http_get(port: int, path: str) -> bytes:
+    """One plain HTTP/1.1 request; the whole response (the server closes after it)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    return data
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT")
 async def test_serve_demo_end_to_end() -> None:
     src = str(Path(riverside_trio.__file__).resolve().parents[1])
@@ -424,6 +435,8 @@ async def test_serve_demo_end_to_end() -> None:
             assert process.stderr is not None
             port = await nursery.start(read_listening_port, process.stderr, lines)
             async with open_client(port) as alice, open_client(port) as bob:
+                for ws in (alice, bob):  # the demo greets with how to use it
+                    assert json.loads(await ws.get_message())["type"] == "welcome"
                 echo = {"hello": "world", "n": [1, 2.5, None]}
                 assert await exchange(alice, echo) == echo
                 joined = {"type": "joined", "channel": "lobby"}
@@ -439,6 +452,11 @@ async def test_serve_demo_end_to_end() -> None:
                 }
                 assert isinstance(said["from"], str) and said["from"]
                 assert json.loads(await bob.get_message()) == said
+
+                # ...and its chat page at /, on the browser client
+                page = await http_get(port, "/")
+                assert page.startswith(b"HTTP/1.1 200 ")
+                assert b'from "/riverside.js"' in page
 
                 process.send_signal(signal.SIGINT)
                 for ws in (alice, bob):

@@ -149,6 +149,8 @@ BAD_VALUES: dict[str, list[object]] = {
     "default_channels": ["news", [""], [1], None, ["  "]],
     "health_path": ["health", "", None, "/ws"],
     "metrics_path": ["metrics", "", "/health"],
+    "status_token": ["", "  ", 1, b"token"],
+    "status_path": ["status", "", None, "/a b"],
     "request_concurrency": [0, -1, None, "2", 1.5],
     "request_timeout": [0, -1, "60", True],
     "sessions": [1, "yes", None],

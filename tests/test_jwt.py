@@ -366,11 +366,13 @@ async def test_the_built_in_demo_requires_a_token_once_a_jwt_key_is_configured()
         missing = await refusal(server)
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
-                ws = await open_ws(nursery, server, f"/ws?jwt={mint(channels=['lobby'])}")
+                ws = await open_ws(nursery, server, f"/ws?jwt={mint(channels=['lobby'])}&user=eve")
+                welcome = json.loads(await ws.get_message())  # the demo greets first
                 await ws.send_message(json.dumps({"type": "say", "channel": "lobby", "text": "hi"}))
                 said = json.loads(await ws.get_message())
                 await ws.aclose()
     assert missing.status_code == 401
+    assert welcome["type"] == "welcome" and welcome["user"] == "alice"  # the token's, not ?user=
     assert said == {"type": "said", "channel": "lobby", "from": "alice", "text": "hi"}
 
 

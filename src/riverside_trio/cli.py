@@ -256,7 +256,7 @@ _REPEATED = {
 }
 
 # Settings whose values are never logged.
-_SECRETS = frozenset({"jwt_secret", "api_key"})
+_SECRETS = frozenset({"jwt_secret", "api_key", "status_token"})
 
 
 def _flag(name: str) -> str:

@@ -176,6 +176,11 @@ class Config:
             (after the channels of its token or claim).
         health_path: URL path answering plain HTTP health checks; starts with "/".
         metrics_path: URL path of the Prometheus metrics; None ("off") turns the endpoint off.
+        status_token: Turns on the status page (a live view of connections, users, channels,
+            message rates, drops and the cluster's nodes) at status_path, for visitors who
+            give this token as ?token= or "Authorization: Bearer"; others get 401. None
+            ("off", the default): no status page.
+        status_path: URL path of the status page; its data is at this path plus ".json".
         request_concurrency: Requests of one connection an RPCHandler runs at once, >= 1.
         request_timeout: Seconds a request may run, then it is answered "timeout", > 0.
         sessions: Allow restorable sessions; false refuses them with "sessions_disabled".
@@ -271,6 +276,10 @@ class Config:
     jwt_jwks_min_refresh: float = _setting(10.0, gt=0, unit="seconds")
     default_channels: tuple[str, ...] = ()
 
+    # the status page
+    status_token: str | None = dataclasses.field(default=None, repr=False)
+    status_path: str = _setting("/status", url_path=True)
+
     # request/reply and sessions (RPCHandler)
     request_concurrency: int = _setting(1, min=1)
     request_timeout: float | None = _setting(60.0, gt=0, unit="seconds")
@@ -330,6 +339,10 @@ class Config:
             paths["api_prefix"] = self.api_prefix.rstrip("/") or "/"
             if paths["api_prefix"] == "/":
                 raise ConfigError("api_prefix", "must not be '/': the API needs a path of its own")
+        if self.status_token is not None:
+            if not self.status_token.strip():
+                raise ConfigError("status_token", "is empty: give a secret, or off")
+            paths["status_path"] = self.status_path
         seen: dict[str, str] = {}
         for name, value in paths.items():
             if value in seen:

@@ -42,7 +42,7 @@ from ._transport import Transport
 from ._writer import Writer
 
 if TYPE_CHECKING:
-    from ..cluster import NameClaim
+    from ..cluster import ClusterView, NameClaim
     from ..destinations import Destination
     from ..metrics import Metrics
     from ..wire.deflate import Inflater
@@ -71,6 +71,7 @@ class ServerView(Protocol):
     def disconnect(
         self, user_id: str, session_id: str | None = None, code: int = 1000, reason: str = ""
     ) -> int: ...
+    async def cluster_view(self) -> ClusterView: ...
 
 
 class Connection(Gate, RPCMethods):

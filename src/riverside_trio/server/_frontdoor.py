@@ -24,7 +24,8 @@ Decisions, in order (RFC 6455 section 4.2.1 for the upgrade):
 - A plain request: ``health_path`` -> 200 ``OK``; ``metrics_path`` -> Prometheus text;
   ``Config.path`` -> 426 with ``Upgrade: websocket``; ``/riverside.js`` -> the browser
   client; under ``api_prefix`` with ``api_key`` set -> the control API (``api/``, its own
-  body limit ``api_max_body``); anything else -> ``handle_http``,
+  body limit ``api_max_body``); with ``status_token`` set, ``status_path`` (and its
+  ``.json``) -> the status page (``_status.py``); anything else -> ``handle_http``,
   404 when it returns None. Plain HTTP connections close after one response.
 """
 
@@ -57,6 +58,7 @@ from ..wire.handshake import (
 from ._admission import Slot
 from ._connection import Connection
 from ._core import Core
+from ._status import is_status_path, status_response
 from ._transport import Transport
 
 __all__ = ["handle_request"]
@@ -194,6 +196,8 @@ async def handle_request(
                 return await _read_api_body(core, conn, transport, headers, limit)
 
             data = await core.api.handle(method, path, query_string, headers, read_body, peer)
+        elif is_status_path(core, path):
+            data = await status_response(core, method, path, query_string, headers)
         else:
             data = await _user_route(
                 core, conn, transport, method, path, query_string, headers, peer
