@@ -56,6 +56,8 @@ async def test_the_plain_json_protocol_works_as_before() -> None:
         echo = {"hello": "world", "n": [1, 2.5, None]}
         assert await exchange(alice, echo) == echo
         assert await exchange(alice, "[1, 2]") == [1, 2]  # any JSON without "type"
+        typed_echo = {"type": "echo", "text": "héllo"}
+        assert await exchange(alice, typed_echo) == typed_echo
         joined = {"type": "joined", "channel": "lobby"}
         assert await exchange(alice, {"type": "join", "channel": "lobby"}) == joined
         assert await exchange(bob, {"type": "join", "channel": "lobby"}) == joined
@@ -75,7 +77,11 @@ async def test_the_plain_json_protocol_works_as_before() -> None:
         ("hello there", "not_json", "this is not JSON (invalid JSON: Expecting value"),
         ("{'single': 'quotes'}", "not_json", "this is not JSON (invalid JSON:"),
         (b"\x00\x01binary", "binary", "binary frames are not understood here"),
-        ({"type": "shout", "text": "hi"}, "unknown_type", "unknown type 'shout'; known: join"),
+        (
+            {"type": "shout", "text": "hi"},
+            "unknown_type",
+            "unknown type 'shout'; known: join, leave, say, dm, echo",
+        ),
         ({"type": 7}, "unknown_type", "unknown type 7"),
         ({"type": "join"}, "bad_message", 'join is written {"type": "join", "channel"'),
         ({"type": "say", "channel": "x"}, "bad_message", "say is written"),

@@ -336,6 +336,7 @@ def test_the_cli_serves_wss_with_a_good_certificate(tls_certs: Certs, tmp_path: 
             url = f"wss://127.0.0.1:{port}/ws"
             with trio.fail_after(20):
                 async with ws_open(url, ssl_context=tls_certs.client_context()) as ws:
+                    assert json.loads(await ws.get_message())["type"] == "welcome"  # the demo's
                     await ws.send_message(json.dumps({"type": "echo", "text": "hi"}))
                     assert json.loads(await ws.get_message())["text"] == "hi"
 

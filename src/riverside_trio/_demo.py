@@ -42,7 +42,7 @@ HELP = (
     'Send JSON text. Rooms: {"type": "join", "channel": "lobby"}, '
     '{"type": "say", "channel": "lobby", "text": "hi"}, {"type": "leave", "channel": "lobby"}. '
     'A direct message: {"type": "dm", "to": "<user>", "text": "psst"}. '
-    'Anything without a "type" comes back unchanged. '
+    'Anything without a "type" (or of type "echo") comes back unchanged. '
     'Requests: {"$": "req", "id": 1, "name": "who", "data": "lobby"} (also "join", "leave", '
     '"hello"). Connect with ?user=<name> to choose your name; the chat page is at /.'
 )
@@ -101,9 +101,9 @@ class DemoHandler(RPCHandler):
     - ``say``: ``{"type": "said", "channel", "from", "text"}`` to every member of the room;
     - ``dm``: ``{"type": "dm", "from", "to", "text"}`` to every connection of user ``to``
       and of the sender;
-    - a message without ``type`` is sent back unchanged; an unknown ``type``, a known one
-      without its fields, text that is not JSON and binary frames are answered
-      ``{"type": "error", "error", "message", "help"}``.
+    - a message without ``type``, or of type ``echo``, is sent back unchanged; an unknown
+      ``type``, a known one without its fields, text that is not JSON and binary frames
+      are answered ``{"type": "error", "error", "message", "help"}``.
 
     Requests (the page uses them): ``hello`` (make or keep a session and rejoin its rooms;
     replies ``{"user", "rooms", "restored"}``), ``join`` / ``leave`` a room (``join``
@@ -153,10 +153,12 @@ class DemoHandler(RPCHandler):
                 conn.deliver_user(to, dm)
                 if to != conn.user_id:
                     conn.deliver_user(conn.user_id, dm)  # the sender's devices see it too
+            case {"type": "echo"}:
+                conn.send(msg)
             case {"type": str(kind)} if kind in _USAGE:
                 self._error(conn, "bad_message", f"{kind} is written {_USAGE[kind]}")
             case {"type": kind}:
-                known = ", ".join(_USAGE)
+                known = ", ".join([*_USAGE, "echo"])
                 self._error(conn, "unknown_type", f"unknown type {kind!r}; known: {known}")
             case _:
                 conn.send(msg)
@@ -196,8 +198,15 @@ class DemoHandler(RPCHandler):
     async def who(self, room: Any, conn: Connection) -> Any:
         """The users in ``room``, on every node."""
         room = _room(room)
-        view = await conn.server.cluster_view()
-        return sorted({c.user_id for c in view.connections if room in c.channels})
+        server = conn.server
+        view = await server.cluster_view()  # Redis's, with a broker: this node's from here
+        users = {c.user_id for c in server.connections() if room in c.channels}
+        users.update(
+            c.user_id
+            for c in view.connections
+            if c.node_id != server.node_id and room in c.channels
+        )
+        return sorted(users)
 
     # ------------------------------------------------------------------ helpers
 
