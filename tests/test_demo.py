@@ -5,9 +5,12 @@ who is in a room) with the Trio client."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import tomllib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +18,8 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from riverside_trio import RequestError, Server, open_client
-from riverside_trio._demo import HELP, DemoHandler
+from riverside_trio._demo import HELP, DemoHandler, demo_page
+from riverside_trio.server._status import status_page
 
 from ._helpers import NO_TIMERS, RawClient, running, wait_until, ws_open
 
@@ -218,3 +222,18 @@ async def test_a_plain_join_is_seen_by_the_page_users_of_the_room() -> None:
                 {"channel": "lobby", "user": "legacy", "event": "left"},
             ]
             assert await page.request("who", "lobby", timeout=10) == ["page"]
+
+
+def test_the_pages_are_package_data() -> None:
+    """The wheel carries the pages: pyproject's package-data patterns match every file in
+    ``_static/`` (the pages are read with importlib.resources, as from an installed wheel)."""
+    root = Path(__file__).resolve().parents[1]
+    with open(root / "pyproject.toml", "rb") as f:
+        patterns = tomllib.load(f)["tool"]["setuptools"]["package-data"]["riverside_trio"]
+    package = root / "src" / "riverside_trio"
+    static = sorted(p.relative_to(package).as_posix() for p in (package / "_static").iterdir())
+    assert static == ["_static/demo.html", "_static/status.html"]
+    for name in static:
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
+    assert demo_page().startswith(b"<!doctype html>")
+    assert status_page().startswith(b"<!doctype html>")

@@ -17,7 +17,6 @@ from importlib.resources import files
 from typing import Any
 from urllib.parse import parse_qsl
 
-import structlog
 import trio
 
 from .._values import Headers
@@ -26,8 +25,6 @@ from ._cluster import cluster_view
 from ._core import Core
 
 __all__ = ["is_status_path", "status_response"]
-
-log = structlog.get_logger("riverside_trio.http")
 
 CLUSTER_TIMEOUT = 2.0  # seconds the JSON waits for Redis's view of the cluster
 
@@ -74,7 +71,7 @@ async def status_response(
         return response(405, "method not allowed\n", [("Allow", "GET, HEAD")], head=head)
     given = _token(query_string, headers).encode("utf-8", "replace")
     if not hmac.compare_digest(given, cfg.status_token.encode("utf-8")):
-        log.info("status_refused", path=path, token_given=bool(given))
+        core.warn("status_refused", path=path, token_given=bool(given))  # at most 1/s
         body = (
             "the status page needs its token (the status_token setting): "
             "add ?token=... to the URL or send Authorization: Bearer ...\n"
