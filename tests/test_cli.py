@@ -474,3 +474,20 @@ def test_the_api_command_needs_a_key_and_a_broker(capsys: pytest.CaptureFixture[
     assert main(["api", "--port", "0", "--api-key", "test-api-key-1"]) == 2
     err = capsys.readouterr().err
     assert "broker_url" in err and "Redis" in err
+
+
+def test_the_status_token_is_never_shown() -> None:
+    """Not in the Config's repr, nor in the CLI's debug log of the settings (a process of
+    its own: the log level is fixed once a process has logged)."""
+    token = "status-t0ken-not-for-logs"
+    assert token not in repr(Config(status_token=token))
+    src = str(Path(riverside_trio.__file__).resolve().parents[1])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RIVERSIDE_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    command = [sys.executable, "-m", "riverside_trio", "serve", "no_such_module_here:App"]
+    command += ["--status-token", token, "--log-level", "debug", "--log-format", "json"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 2  # the handler does not exist: after the settings are logged
+    [logged] = [json.loads(line) for line in done.stderr.splitlines() if '"config"' in line]
+    assert logged["status_token"] == "<hidden>"
+    assert token not in done.stderr
