@@ -13,8 +13,10 @@ import trio
 from riverside_trio import ErrorCode, SessionError, open_client
 
 from .._helpers import ws_open
+from .._http import KEY, api, refused_upgrade
 from .._redis import RedisCluster, command, needs_redis
 from ._nodes import all_settled, broker, nodes, wait_for
+from .test_api_cluster import Echo
 from .test_sessions import SessionApp, store, via
 
 pytestmark = [needs_redis, pytest.mark.redis]
@@ -100,3 +102,28 @@ async def test_sessions_restore_across_nodes_on_a_cluster(cluster: RedisCluster)
         with pytest.raises(SessionError) as info:
             await two.restore_session(key)
         assert info.value.code == ErrorCode.SESSION_NOT_FOUND
+
+
+async def test_the_control_api_and_its_claims_work_on_a_redis_cluster(
+    cluster: RedisCluster,
+) -> None:
+    async with nodes(cluster.url, handler=Echo, api_key=KEY) as (a, b):
+        reply = await api(a.port, "POST", "/claim", {"user": "u", "channels": "c1,c2"})
+        assert reply.status == 200, reply.body
+        claim_id = reply.json["claim"]["id"]
+        info = (await api(b.port, "GET", "/info", {"channel": "c2"})).json
+        assert [c["id"] for c in info["claims"]] == [claim_id]
+        async with ws_open(b.url + "?claim=" + claim_id) as ws:
+            await all_settled(a, b)
+            assert b.connections()[0].channels == {"c1", "c2"}
+            reply = await api(
+                a.port, "POST", "/send", {"channel": "c1", "type": "text"}, body=b"hi"
+            )
+            assert reply.json["nodes"] == 1
+            assert await ws.get_message() == "hi"
+            conn_id = b.connections()[0].id
+            reply = await api(a.port, "POST", "/send", {"id": conn_id, "type": "text"}, body=b"id")
+            assert reply.json["nodes"] == 1
+            assert await ws.get_message() == "id"
+        refused = await refused_upgrade(a.port, "/ws?claim=" + claim_id)
+        assert refused.json["errorCode"] == "MISSING_CLAIM"
