@@ -12,6 +12,7 @@ from trio.testing import MockClock
 from trio_websocket import ConnectionClosed
 
 from riverside_trio import Accept, AuthRequest, Config, ConfigError, Connection, Handler
+from riverside_trio._demo import DemoHandler
 from riverside_trio.api import COMMON_ERRORS, ERRORS, ROUTES
 
 from ._helpers import (
@@ -531,4 +532,15 @@ async def test_with_a_jwt_key_too_a_claim_is_tried_first_then_the_token() -> Non
         refused = await refused_upgrade(p, f"/ws?claim={c}&jwt={mint(sub='x')}")
         assert (refused.status, refused.json["errorCode"]) == (401, "MISSING_CLAIM")
         refused = await refused_upgrade(p, "/ws")
+        assert (refused.status, refused.json["errorCode"]) == (401, "MISSING_AUTHENTICATION")
+
+
+async def test_the_built_in_demo_accepts_a_claim_and_refuses_anyone_else() -> None:
+    async with running(DemoHandler, **SETTINGS) as server:
+        c = await claim(server.port, user="demo-user", channels="lobby")
+        async with ws_open(server.url + "?claim=" + c) as ws:
+            await ws.send_message(json.dumps({"type": "say", "channel": "lobby", "text": "hi"}))
+            said = json.loads(await ws.get_message())
+            assert said == {"type": "said", "channel": "lobby", "from": "demo-user", "text": "hi"}
+        refused = await refused_upgrade(server.port, "/ws")
         assert (refused.status, refused.json["errorCode"]) == (401, "MISSING_AUTHENTICATION")
