@@ -544,3 +544,11 @@ async def test_the_built_in_demo_accepts_a_claim_and_refuses_anyone_else() -> No
             assert said == {"type": "said", "channel": "lobby", "from": "demo-user", "text": "hi"}
         refused = await refused_upgrade(server.port, "/ws")
         assert (refused.status, refused.json["errorCode"]) == (401, "MISSING_AUTHENTICATION")
+
+
+async def test_the_api_comes_before_a_websocket_path_that_covers_it() -> None:
+    async with running(EchoHandler, **SETTINGS, path="/*") as server:
+        assert (await api(server.port, "GET", "/ping")).body == b"pong"
+        c = await claim(server.port, user="u")
+        async with ws_open(f"ws://127.0.0.1:{server.port}/any/where?claim={c}"):
+            assert server.connection_count == 1

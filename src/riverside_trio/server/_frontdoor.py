@@ -22,10 +22,11 @@ Decisions, in order (RFC 6455 section 4.2.1 for the upgrade):
   ``authenticate`` uses the configured authenticators (``auth/``). The 101 selects
   ``Accept.subprotocol``, else ``riverside.jwt`` when offered (a token's marker).
 - A plain request: ``health_path`` -> 200 ``OK``; ``metrics_path`` -> Prometheus text;
+  under ``api_prefix`` with ``api_key`` set -> the control API (``api/``, its own body
+  limit ``api_max_body``; before ``Config.path``, which may be a prefix covering it);
   ``Config.path`` -> 426 with ``Upgrade: websocket``; ``/riverside.js`` -> the browser
-  client; under ``api_prefix`` with ``api_key`` set -> the control API (``api/``, its own
-  body limit ``api_max_body``); with ``status_token`` set, ``status_path`` (and its
-  ``.json``) -> the status page (``_status.py``); anything else -> ``handle_http``,
+  client; with ``status_token`` set, ``status_path`` (and its ``.json``) -> the status page
+  (``_status.py``); anything else -> ``handle_http``,
   404 when it returns None. Plain HTTP connections close after one response.
 """
 
@@ -180,6 +181,12 @@ async def handle_request(
             cfg.metrics_path is not None and path == cfg.metrics_path and method in ("GET", "HEAD")
         ):
             data = response(200, core.metrics.render(), content_type=CONTENT_TYPE_LATEST, head=head)
+        elif core.api is not None and core.api.owns(path):
+
+            async def read_body(limit: int) -> bytes:
+                return await _read_api_body(core, conn, transport, headers, limit)
+
+            data = await core.api.handle(method, path, query_string, headers, read_body, peer)
         elif ws_path and method == "GET":
             data = response(
                 426,
@@ -190,12 +197,6 @@ async def handle_request(
             data = response(405, "method not allowed\n", [("Allow", "GET")], head=head)
         elif path == CLIENT_JS_PATH and method in ("GET", "HEAD"):
             data = response(200, client_js(), content_type=CLIENT_JS_TYPE, head=head)
-        elif core.api is not None and core.api.owns(path):
-
-            async def read_body(limit: int) -> bytes:
-                return await _read_api_body(core, conn, transport, headers, limit)
-
-            data = await core.api.handle(method, path, query_string, headers, read_body, peer)
         elif is_status_path(core, path):
             data = await status_response(core, method, path, query_string, headers)
         else:
