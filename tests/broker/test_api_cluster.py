@@ -77,6 +77,10 @@ async def test_every_call_on_one_node_reaches_connections_on_the_other(
             assert await s2.get_message() == "by id"
             got = await call("/send", {"user": "nobody", "type": "text"}, b"x")
             assert got["nodes"] == 0  # no node holds nobody: Redis counts no subscriber
+            # asked of the node that holds them: its own connections, no other node
+            reply = await api(b.port, "POST", "/send", {"user": "bob", "type": "text"}, body=b"b")
+            assert (reply.json["connections"], reply.json["nodes"]) == (2, 0)
+            assert await s1.get_message() == await s2.get_message() == "b"
 
             # channels, by user and by id, on the other node
             got = await call("/channel/subscribe/news", {"user": "bob"})

@@ -99,11 +99,14 @@ class Operations:
             data = envelope.origin_header(kind) + body
             channel = broker.channel_of(self._destination(target))
         try:
-            return await broker.publish_now(channel, data)
+            received = await broker.publish_now(channel, data)
         except ConnectionError:
             raise
         except Exception as exc:  # coredis's own errors: Redis went away meanwhile
             raise ConnectionError(str(exc) or type(exc).__name__) from exc
+        if channel in broker.subscribed:  # this node heard it too (and drops its echo)
+            received -= 1
+        return max(received, 0)
 
     async def send(self, target: Target, data: bytes, text: bool) -> Reached:
         """Send ``data`` as one frame, as it is (no codec), to the target's connections.
