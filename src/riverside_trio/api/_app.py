@@ -10,6 +10,7 @@ its error code), then the call. Every answer carries ``X-Request-ID``, is counte
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -23,6 +24,7 @@ from ..errors import AuthError, BrokerError
 from ..wire.frames import encode_close
 from ..wire.handshake import response
 from ._claims import Claim, ClaimStore, MemoryClaims, RedisClaims, Target, WallClock, new_claim_id
+from ._openapi import openapi_document
 from ._ops import Operations
 from ._request import (
     JSON_TYPE,
@@ -80,6 +82,7 @@ class ControlAPI:
         else:
             self.claims = RedisClaims(lambda: broker.client, config.broker_prefix, self.clock)
         self.ops = Operations(node.registry, node.hub, broker, node.node_id, view)
+        self._openapi: bytes | None = None  # GET <prefix>/openapi.json, made on first use
 
     def owns(self, path: str) -> bool:
         """Whether ``path`` is under the API's prefix."""
@@ -150,6 +153,10 @@ class ControlAPI:
     ) -> tuple[int, str, bytes]:
         if route.name == "ping":
             return 200, "text/plain; charset=utf-8", b"pong"
+        if route.name == "openapi":
+            if self._openapi is None:
+                self._openapi = json_body(openapi_document(self.prefix, _version()))
+            return 200, JSON_TYPE, self._openapi
         if route.name == "claim":
             claim = await self._create_claim(params)
             return 200, JSON_TYPE, json_body({"success": True, "claim": claim.as_json()})
@@ -306,6 +313,13 @@ def _refusal(
     body = error_body(code, ERRORS[code].message, rid)
     extra = [("Content-Type", JSON_TYPE), ("X-Request-ID", rid), *(headers or ())]
     return AuthError(ERRORS[code].status, extra, body, reason=code.lower())
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("riverside-trio")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "0"
 
 
 def _target(params: dict[str, Any]) -> Target:

@@ -148,6 +148,14 @@ _CLAIM_ERRORS = ("ERROR_GETTING_CLAIM",)
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/ping", "ping", "Answers pong (checks the API key).", body="none"),
     Route(
+        "GET",
+        "/openapi.json",
+        "openapi",
+        "This API's OpenAPI 3.1 document (generated from this table).",
+        returns=(("openapi", "version"), ("paths", "object")),
+        body="none",
+    ),
+    Route(
         "POST",
         "/claim",
         "claim",
