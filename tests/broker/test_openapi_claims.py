@@ -11,8 +11,8 @@ import pytest
 from .._helpers import running
 from .._http import api
 from .._redis import RedisServer, command, needs_redis
-from ._nodes import all_settled
 from ..test_openapi import CLAIMS_FAIL, PATHS, SETTINGS, Echo, conforms
+from ._nodes import all_settled
 
 pytestmark = [needs_redis, pytest.mark.redis]
 

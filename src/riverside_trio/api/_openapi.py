@@ -60,6 +60,13 @@ _REQUEST_ID = {
     "schema": {"type": "string"},
 }
 _STRING = {"type": "string", "maxLength": MAX_VALUE_LENGTH}
+_HEAD_TOO_LARGE = {
+    "description": "the request head (the request line with its query string, and the "
+    "headers) is over max_header_size bytes (16384 by default) or max_headers fields: "
+    "answered before the API reads the request, as text without X-Request-ID; long "
+    "parameters go in a form or JSON body",
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+}
 _SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
@@ -190,6 +197,8 @@ def _value_schema(param: Param) -> dict[str, Any]:
     if param.location == "path":
         # a path parameter is one segment: a "/" (even as %2F) would end it
         return {**_STRING, "minLength": 1, "pattern": "^[^/]+$"}
+    if param.required:  # an empty value counts as absent
+        return {**_STRING, "minLength": 1}
     return dict(_STRING)
 
 
@@ -262,7 +271,10 @@ def _responses(route: Route) -> dict[str, Any]:
         content = {"application/json": {"schema": body}}
     else:
         content = {"text/plain": {"schema": {"type": "string", "const": "pong"}}}
-    out: dict[str, Any] = {"200": {"description": "done", "headers": headers, "content": content}}
+    out: dict[str, Any] = {
+        "200": {"description": "done", "headers": headers, "content": content},
+        "431": _HEAD_TOO_LARGE,
+    }
     by_status: dict[int, list[str]] = {}
     for code in (*COMMON_ERRORS, *route.errors, *(p.error for p in route.params)):
         codes = by_status.setdefault(ERRORS[code].status, [])
