@@ -1,22 +1,32 @@
-"""The control API's ``POST /send`` against the WebSocket echo path, side by side in one run.
+#!/usr/bin/env python3
+"""The control API's ``POST /send`` against the WebSocket echo path, interleaved in one run.
 
-One riverside-trio server process (a raw-text echo handler, ``api_key`` set, no broker):
+  api_send.py [--conns 16] [--duration 5] [--warmup 1] [--repeat 5]
+              [--modes api_send,api_ping,ws_echo] [--log-level warning] [--out FILE.json]
 
-- ``api send``: one WebSocket client of user ``u`` (connected with a claim) receives; ``C``
-  HTTP clients POST ``/api/send?user=u&type=text`` with a 64-byte body in a loop, each
-  request on a new TCP connection (the server answers one request per connection, as all
-  its plain HTTP);
-- ``ws echo``: ``C`` WebSocket clients each send a 64-byte message and wait for its echo,
-  in a loop.
+Each round starts one riverside-trio server per mode (a raw echo handler with ``api_key``
+set, no broker, ``--log-level`` as the CLI's: ``warning`` by default, ``info`` logs a line
+per API call), a subprocess pinned to CPU 0; the load generator
+(this file, ``loadgen``, on uvloop and picows like ../shared/bench) runs pinned to CPU 1.
+Modes are interleaved round by round:
 
-Reported: requests (or echoed messages) per second, and the server's CPU (user + system
-from /proc) per request or message. The clients run in this process (Trio), the server in
-its own; on a 2-core machine they share the cores, so compare the two lines of one run.
+- ``api_send``: one WebSocket client of user ``u`` (connected with a claim) receives; C HTTP
+  clients each POST ``/api/send?user=u&type=text`` with a 64-byte body and the key, wait for
+  the answer, and start the next. The API answers one request per connection (the server's
+  plain HTTP has no keep-alive), so every request is a TCP connect, the request, the answer
+  and the server's close: that is the cost a back end pays per call. Every message sent is
+  checked to arrive.
+- ``api_ping``: the same without the delivery (``GET /api/ping``): the HTTP floor of a call.
+- ``ws_echo``: C WebSocket clients each send a 64-byte text message and wait for its echo.
 
-    python bench/api_send.py [--clients 8] [--duration 5] [--log-level info|warning]
+Reported per mode: requests (or echoes) per second and the server's CPU time per request,
+as medians over the rounds, and the CPU per request as a ratio to ``ws_echo``'s of the
+same round (the machine is shared and drifts: compare ratios within one run). ``gen CPU``
+is the load generator's own use of its core: near 100 % it, not the server, sets the rate
+(the CPU per request still compares).
 
-The server logs as ``riverside-trio serve --log-format json`` would (to /dev/null): at
-``info`` every API call is a log line, as in production; ``warning`` shows the cost without.
+riverside-trio runs on $RIVERSIDE_PYTHON (default: python3 on PATH); the load generator on
+$BENCH_PYTHON (default /tmp/benchenv/bin/python, with ../shared/bench/requirements.txt).
 """
 
 from __future__ import annotations
@@ -24,165 +34,281 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
-
-import trio
-from trio_websocket import open_websocket_url
+from pathlib import Path
 
 KEY = "bench-api-key-0123456789"
 PAYLOAD = b"x" * 64
-
-SERVER = """
-import sys
-import riverside_trio
-from riverside_trio import Config, Handler, RawCodec
-from riverside_trio._logging import configure_logging
-
-configure_logging("json", sys.argv[3])
-
-class Echo(Handler):
-    codec = RawCodec()
-
-    async def handle_message(self, msg, conn):
-        conn.send(msg)
-
-riverside_trio.run(Echo, Config(port=int(sys.argv[1]), api_key=sys.argv[2],
-    log_connections=False, idle_timeout=None, ping_interval=None, transmission_limit=0))
-"""
+SEND = (
+    "POST /api/send?user=u&type=text HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    f"Authorization: Bearer {KEY}\r\nContent-Length: {len(PAYLOAD)}\r\n\r\n"
+).encode() + PAYLOAD
+PING = f"GET /api/ping HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {KEY}\r\n\r\n".encode()
+CLAIM = (
+    "POST /api/claim?user=u HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    f"Authorization: Bearer {KEY}\r\nContent-Length: 0\r\n\r\n"
+).encode()
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        return int(s.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("server did not listen")
 
 
-async def post(port: int, target: str, body: bytes) -> bytes:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        head = (
-            f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        await stream.send_all(head + body)
-        data = b""
-        while chunk := await stream.receive_some(65536):
-            data += chunk
-        return data
-
-
-async def api_send(port: int, clients: int, duration: float, pid: int) -> dict[str, float]:
-    reply = await post(port, "/api/claim?user=u", b"")
-    claim = json.loads(reply.split(b"\r\n\r\n", 1)[1])["claim"]["id"]
-    received = 0
-    sent = 0
-    async with open_websocket_url(f"ws://127.0.0.1:{port}/ws?claim={claim}") as ws:
-
-        async def receive() -> None:
-            nonlocal received
-            while True:
-                await ws.get_message()
-                received += 1
-
-        async def send(deadline: float) -> None:
-            nonlocal sent
-            while time.monotonic() < deadline:
-                data = await post(port, "/api/send?user=u&type=text", PAYLOAD)
-                assert data.startswith(b"HTTP/1.1 200"), data[:200]
-                sent += 1
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(receive)
-            cpu0, t0 = cpu_seconds(pid), time.monotonic()
-            async with trio.open_nursery() as senders:
-                for _ in range(clients):
-                    senders.start_soon(send, t0 + duration)
-            elapsed, cpu = time.monotonic() - t0, cpu_seconds(pid) - cpu0
-            with trio.move_on_after(5):
-                while received < sent:
-                    await trio.sleep(0.01)
-            nursery.cancel_scope.cancel()
-    assert received == sent, (received, sent)
-    return {"per_s": sent / elapsed, "cpu_us": cpu / sent * 1e6, "n": sent}
-
-
-async def ws_echo(port: int, clients: int, duration: float, pid: int) -> dict[str, float]:
-    done = 0
-    ready = trio.Event()
-    connected = 0
-    deadline = 0.0
-
-    async def client() -> None:
-        nonlocal done, connected
-        reply = await post(port, "/api/claim?user=e", b"")
-        claim = json.loads(reply.split(b"\r\n\r\n", 1)[1])["claim"]["id"]
-        async with open_websocket_url(f"ws://127.0.0.1:{port}/ws?claim={claim}") as ws:
-            connected += 1
-            await ready.wait()
-            while time.monotonic() < deadline:
-                await ws.send_message(PAYLOAD)
-                await ws.get_message()
-                done += 1
-
-    async with trio.open_nursery() as nursery:
-        for _ in range(clients):
-            nursery.start_soon(client)
-        while connected < clients:
-            await trio.sleep(0.01)
-        cpu0, start = cpu_seconds(pid), time.monotonic()
-        deadline = start + duration
-        ready.set()
-    elapsed, cpu = time.monotonic() - start, cpu_seconds(pid) - cpu0
-    return {"per_s": done / elapsed, "cpu_us": cpu / done * 1e6, "n": done}
+def run_one(mode: str, args: argparse.Namespace) -> dict[str, float]:
+    port = free_port()
+    command = [args.riverside_python, __file__, "server", "--port", str(port)]
+    command += ["--log-level", args.log_level]
+    server = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,  # the logs (a line per API call with --log-level info)
+        preexec_fn=lambda: (os.setsid(), os.sched_setaffinity(0, {0})),
+    )
+    try:
+        wait_port(port, server)
+        command = [args.bench_python, __file__, "loadgen", mode, "--port", str(port)]
+        command += ["--server-pid", str(server.pid), "--conns", str(args.conns)]
+        command += ["--duration", str(args.duration), "--warmup", str(args.warmup)]
+        out = subprocess.run(
+            command, capture_output=True, preexec_fn=lambda: os.sched_setaffinity(0, {1})
+        )
+        if out.returncode:
+            raise RuntimeError(f"{mode}: the load generator failed:\n{out.stderr.decode()}")
+        return dict(json.loads(out.stdout.decode().strip().splitlines()[-1]))
+    finally:
+        os.killpg(server.pid, signal.SIGINT)
+        try:
+            server.wait(3)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--duration", type=float, default=5.0)
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        help="the server's (json logs to /dev/null): info logs every API call, warning none",
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--conns", type=int, default=16)
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--warmup", type=float, default=1.0)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--modes", default="api_send,api_ping,ws_echo")
+    ap.add_argument("--log-level", default="warning", choices=["debug", "info", "warning"])
+    ap.add_argument("--out", default="")
+    ap.add_argument("--riverside-python", default=os.environ.get("RIVERSIDE_PYTHON", "python3"))
+    ap.add_argument(
+        "--bench-python", default=os.environ.get("BENCH_PYTHON", "/tmp/benchenv/bin/python")
     )
-    args = parser.parse_args()
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(port), KEY, args.log_level],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port)).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        api = trio.run(api_send, port, args.clients, args.duration, server.pid)
-        echo = trio.run(ws_echo, port, args.clients, args.duration, server.pid)
-    finally:
-        server.terminate()
-        server.wait(10)
+    args = ap.parse_args()
+    modes = args.modes.split(",")
+    runs: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+    for r in range(args.repeat):
+        for mode in modes:
+            res = run_one(mode, args)
+            runs[mode].append(res)
+            sys.stderr.write(f"round {r + 1} {mode}: {json.dumps(res)}\n")
+    base = "ws_echo" if "ws_echo" in modes else modes[0]
     out = sys.stdout.write
-    out(f"{'path':12} {'per second':>12} {'server CPU µs each':>20} {'count':>8}\n")
-    for name, r in (("api send", api), ("ws echo", echo)):
-        out(f"{name:12} {r['per_s']:12,.0f} {r['cpu_us']:20.1f} {r['n']:8,.0f}\n")
     out(
-        f"api send / ws echo: {api['per_s'] / echo['per_s']:.3f}x the rate, "
-        f"{api['cpu_us'] / echo['cpu_us']:.2f}x the server CPU each\n"
+        f"| mode | requests/s | server CPU µs / request | gen CPU | CPU ratio to {base} "
+        "(each round) |\n|---|---|---|---|---|\n"
     )
+    for mode in modes:
+        rate = statistics.median(x["per_s"] for x in runs[mode])
+        cpu = statistics.median(x["cpu_us"] for x in runs[mode])
+        gen = statistics.median(x["gen_cpu_pct"] for x in runs[mode])
+        ratios = [a["cpu_us"] / b["cpu_us"] for a, b in zip(runs[mode], runs[base], strict=True)]
+        each = " ".join(f"{x:.2f}" for x in ratios)
+        out(
+            f"| {mode} | {rate:,.0f} | {cpu:.1f} | {gen:.0f} % | "
+            f"{statistics.median(ratios):.2f}x ({each}) |\n"
+        )
+    if args.out:
+        Path(args.out).write_text(json.dumps(runs, indent=1))
+
+
+# ------------------------------------------------------------------ the server
+
+
+def server(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--log-level", default="warning")
+    a = ap.parse_args(argv)
+
+    import riverside_trio
+    from riverside_trio import Config, Connection, Handler, RawCodec
+    from riverside_trio._logging import configure_logging
+
+    configure_logging("json", a.log_level)  # as the CLI does (to stderr: /dev/null here)
+
+    class Echo(Handler):
+        codec = RawCodec()
+
+        async def handle_message(self, msg: object, conn: Connection) -> None:
+            conn.send(msg)
+
+    config = Config(
+        host="127.0.0.1",
+        port=a.port,
+        api_key=KEY,
+        backlog=4096,
+        transmission_limit=0,  # the echo clients send as fast as they can (as bench/server.py)
+        control_frame_limit=0,
+        max_pending_per_address=1024,  # every client is 127.0.0.1
+        log_connections=False,
+        idle_timeout=None,
+        ping_interval=None,
+    )
+    riverside_trio.run(Echo, config)
+
+
+# ------------------------------------------------------------------ the load generator
+
+
+def loadgen(argv: list[str]) -> None:
+    import asyncio
+
+    import psutil  # type: ignore[import-not-found]
+    import uvloop  # type: ignore[import-not-found]
+    from picows import WSListener, WSMsgType, ws_connect  # type: ignore[import-not-found]
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=["api_send", "api_ping", "ws_echo"])
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--server-pid", type=int, required=True)
+    ap.add_argument("--conns", type=int, default=8)
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--warmup", type=float, default=1.0)
+    a = ap.parse_args(argv)
+    done = [0]  # requests answered (or echoes received)
+    received = [0]  # messages the api_send receiver got
+    stop = [False]
+
+    class Echo(WSListener):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.transport = None
+
+        def on_ws_connected(self, transport):  # type: ignore[no-untyped-def]
+            self.transport = transport
+
+        def on_ws_frame(self, transport, frame):  # type: ignore[no-untyped-def]
+            if frame.msg_type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                return  # (RawCodec echoes a text message as it came: text)
+            done[0] += 1
+            if not stop[0]:
+                transport.send(WSMsgType.TEXT, PAYLOAD)
+
+    class Receiver(WSListener):  # type: ignore[misc]
+        def on_ws_frame(self, transport, frame):  # type: ignore[no-untyped-def]
+            if frame.msg_type == WSMsgType.TEXT:
+                received[0] += 1
+
+    class Call(asyncio.Protocol):
+        """One HTTP request on a new connection; its answer ends with the server's close."""
+
+        def __init__(self, request: bytes, finished: asyncio.Future[bytes]) -> None:
+            self.request = request
+            self.finished = finished
+            self.data = bytearray()
+
+        def connection_made(self, transport):  # type: ignore[no-untyped-def]
+            transport.write(self.request)
+
+        def data_received(self, data: bytes) -> None:
+            self.data += data
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if not self.finished.done():
+                self.finished.set_result(bytes(self.data))
+
+    async def call(request: bytes) -> bytes:
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Future[bytes] = loop.create_future()
+        await loop.create_connection(lambda: Call(request, finished), "127.0.0.1", a.port)
+        return await finished
+
+    async def http_worker(request: bytes) -> None:
+        while not stop[0]:
+            answer = await call(request)
+            if not answer.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(answer[:300].decode("latin-1"))
+            done[0] += 1
+
+    async def run() -> dict[str, float]:
+        url = f"ws://127.0.0.1:{a.port}/ws"
+        keep = []
+        if a.mode == "ws_echo":
+            for _ in range(a.conns):
+                claim = json.loads((await call(CLAIM)).split(b"\r\n\r\n", 1)[1])["claim"]["id"]
+                _, client = await ws_connect(Echo, f"{url}?claim={claim}")
+                keep.append(client)
+            for client in keep:
+                client.transport.send(WSMsgType.TEXT, PAYLOAD)
+        else:
+            if a.mode == "api_send":
+                claim = json.loads((await call(CLAIM)).split(b"\r\n\r\n", 1)[1])["claim"]["id"]
+                receiver, _ = await ws_connect(Receiver, f"{url}?claim={claim}")
+            request = SEND if a.mode == "api_send" else PING
+            workers = [asyncio.ensure_future(http_worker(request)) for _ in range(a.conns)]
+        server = psutil.Process(a.server_pid)
+        tree = [server, *server.children(recursive=True)]
+        me = psutil.Process()
+        await asyncio.sleep(a.warmup)
+
+        def cpu(procs: list[psutil.Process]) -> float:
+            return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+        c0, g0, n0, t0 = cpu(tree), cpu([me]), done[0], time.perf_counter()
+        await asyncio.sleep(a.duration)
+        c1, g1, n1, t1 = cpu(tree), cpu([me]), done[0], time.perf_counter()
+        stop[0] = True
+        result = {
+            "per_s": (n1 - n0) / (t1 - t0),
+            "cpu_us": (c1 - c0) / (n1 - n0) * 1e6,
+            "server_cpu_pct": (c1 - c0) / (t1 - t0) * 100,
+            "gen_cpu_pct": (g1 - g0) / (t1 - t0) * 100,
+        }
+        if a.mode != "ws_echo":
+            await asyncio.gather(*workers)
+            if a.mode == "api_send":
+                for _ in range(500):  # every message sent arrives (bounded wait)
+                    if received[0] >= done[0]:
+                        break
+                    await asyncio.sleep(0.01)
+                if received[0] != done[0]:
+                    raise RuntimeError(f"sent {done[0]}, received {received[0]}")
+                receiver.disconnect()
+        for client in keep:
+            client.transport.disconnect()
+        return result
+
+    uvloop.install()
+    sys.stdout.write(json.dumps(asyncio.run(run())) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == "loadgen":
+        loadgen(sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "server":
+        server(sys.argv[2:])
+    else:
+        main()
