@@ -184,7 +184,8 @@ class Config:
         request_concurrency: Requests of one connection an RPCHandler runs at once, >= 1.
         request_timeout: Seconds a request may run, then it is answered "timeout", > 0.
         sessions: Allow restorable sessions; false refuses them with "sessions_disabled".
-        max_session_connections: Most connections holding one session, >= 0 (0: no limit).
+        max_session_connections: Most connections holding one session (in the whole cluster
+            with the Redis store), >= 0 (0: no limit).
         session_expiry: Seconds the store keeps a session no connection holds, > 0.
         session_store: Where sessions live: "auto" (in Redis with broker_url, so they
             restore on any node; else in this process), "memory" (this process) or "redis"

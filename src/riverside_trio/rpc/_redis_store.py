@@ -269,8 +269,8 @@ class RedisSessionStore:
         try:
             result = await self._scripts[op](keys=list(self.keys(key)), args=args)
         except Exception as exc:
-            if not _redis_failure(exc):
-                raise
+            if not _redis_failure(exc):  # not known to mean "Redis went away": show it
+                log.exception("session_store_call_failed", op=op)
             self._failed(op, f"{type(exc).__name__}: {exc}")
             raise SessionStoreError(f"the session store at {self.url} failed: {exc}") from None
         finally:
@@ -404,8 +404,15 @@ class RedisSessionStore:
 
 
 def _redis_failure(exc: BaseException) -> bool:
-    """A failure to reach Redis (or of Redis itself), rather than a bug of ours."""
-    return isinstance(exc, OSError | TimeoutError) or type(exc).__module__.startswith("coredis")
+    """A failure to reach Redis (or of Redis itself), rather than a bug of ours: what
+    coredis, and the anyio and Trio streams under it, raise when a connection dies."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_redis_failure(e) for e in exc.exceptions)
+    if isinstance(
+        exc, OSError | TimeoutError | trio.BrokenResourceError | trio.ClosedResourceError
+    ):
+        return True
+    return type(exc).__module__.split(".")[0] in ("coredis", "anyio")
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
