@@ -132,7 +132,7 @@ async def test_a_session_made_on_one_node_is_restored_on_another_after_a_reconne
         await wait_for(lambda: conns_of(redis, a, key) == {b.node_id: 1}, "a's count written")
 
 
-async def test_the_ttl_is_session_expiry_and_is_set_again_by_a_restore_and_a_release(
+async def test_the_ttl_is_session_expiry_set_again_by_a_restore_a_refresh_and_a_release(
     redis: RedisServer,
 ) -> None:
     async with cluster(redis.url) as (a, b):
@@ -148,6 +148,10 @@ async def test_the_ttl_is_session_expiry_and_is_set_again_by_a_restore_and_a_rel
             await second.restore_session(key)
             assert fresh_ttl(pttl(redis, b, key))  # a restore sets it again
             assert conns_of(redis, b, key) == {b.node_id: 1}
+            for k in store(a).keys(key):
+                command(redis.port, "PEXPIRE", k, 50_000)
+            # held by a connection of b: b's refresh (every broker_ttl / 3) sets it again
+            await wait_for(lambda: fresh_ttl(pttl(redis, b, key)), "ttl set by the refresh")
         await wait_for(lambda: conns_of(redis, b, key) == {}, "b's release written")
         # Redis expires it (a TTL run out, here made to): nobody can restore it any more
         for k in store(a).keys(key):
