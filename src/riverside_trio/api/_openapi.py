@@ -64,7 +64,7 @@ _HEAD_TOO_LARGE = {
     "description": "the request head (the request line with its query string, and the "
     "headers) is over max_header_size bytes (16384 by default) or max_headers fields: "
     "answered before the API reads the request, as text without X-Request-ID; long "
-    "parameters go in a form or JSON body",
+    "parameters go in a form or JSON body (but /send's)",
     "content": {"text/plain": {"schema": {"type": "string"}}},
 }
 _SCHEMAS: dict[str, Any] = {
@@ -271,10 +271,7 @@ def _responses(route: Route) -> dict[str, Any]:
         content = {"application/json": {"schema": body}}
     else:
         content = {"text/plain": {"schema": {"type": "string", "const": "pong"}}}
-    out: dict[str, Any] = {
-        "200": {"description": "done", "headers": headers, "content": content},
-        "431": _HEAD_TOO_LARGE,
-    }
+    out: dict[str, Any] = {"200": {"description": "done", "headers": headers, "content": content}}
     by_status: dict[int, list[str]] = {}
     for code in (*COMMON_ERRORS, *route.errors, *(p.error for p in route.params)):
         codes = by_status.setdefault(ERRORS[code].status, [])
@@ -299,4 +296,5 @@ def _responses(route: Route) -> dict[str, Any]:
                 }
             },
         }
-    return out
+    out["431"] = _HEAD_TOO_LARGE
+    return dict(sorted(out.items()))
