@@ -384,7 +384,10 @@ class Client:
         finally:
             self._ws = None
             with trio.CancelScope(shield=True):
-                await ws.aclose()
+                # Bounded: when the client is cancelled, the task that would read the
+                # server's close reply may be cancelled too, and aclose() would wait forever.
+                with trio.move_on_after(_CLOSE_WAIT):
+                    await ws.aclose()
                 await link.stream.aclose()  # trio-websocket leaves it open after some closes
             if self._ready.is_set() and self._gone is None:
                 self._ready = trio.Event()
@@ -471,6 +474,9 @@ class Client:
             log.exception("signal_handler_failed", name=sig.name)
 
 
+_CLOSE_WAIT = 5.0  # seconds the client waits for the server's reply to its close frame
+
+
 @dataclass(frozen=True, slots=True)
 class _Link:
     ws: trio_websocket.WebSocketConnection
@@ -538,6 +544,6 @@ async def open_client(
         try:
             yield client
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
+            with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_WAIT):
                 await client.aclose()
             nursery.cancel_scope.cancel()
