@@ -20,6 +20,7 @@ from trio_websocket import WebSocketConnection, open_websocket_url
 
 import riverside_trio
 from riverside_trio import Config, Handler, Server
+from riverside_trio.testing._time import _until
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
@@ -104,21 +105,6 @@ async def advance(
         await settle()
 
 
-class _StepWatch(trio.abc.Instrument):
-    """Wakes the tasks in ``wait_until`` whenever any other task has taken a step."""
-
-    def __init__(self) -> None:
-        self.waiters: dict[trio.lowlevel.Task, trio.Event] = {}
-
-    def after_task_step(self, task: trio.lowlevel.Task) -> None:
-        if task not in self.waiters:
-            for event in self.waiters.values():
-                event.set()
-
-
-_STEP_WATCH: trio.lowlevel.RunVar[_StepWatch] = trio.lowlevel.RunVar("_STEP_WATCH")
-
-
 async def wait_until(predicate: Callable[[], bool], *, seconds: float = REAL_TIMEOUT) -> None:
     """Wait until ``predicate()`` holds, checking it each time another task has run.
 
@@ -127,26 +113,8 @@ async def wait_until(predicate: Callable[[], bool], *, seconds: float = REAL_TIM
     are all blocked, this waits too, without spinning and without looking at the clock.
     Bounded by ``seconds`` of real time.
     """
-    if predicate():
-        await trio.lowlevel.checkpoint()
-        return
-    try:
-        watch = _STEP_WATCH.get()
-    except LookupError:
-        watch = _StepWatch()
-        _STEP_WATCH.set(watch)
-    me = trio.lowlevel.current_task()
     with fail_after_real(seconds):
-        if not watch.waiters:
-            trio.lowlevel.add_instrument(watch)
-        try:
-            while not predicate():
-                event = watch.waiters[me] = trio.Event()
-                await event.wait()
-        finally:
-            watch.waiters.pop(me, None)
-            if not watch.waiters:
-                trio.lowlevel.remove_instrument(watch)
+        await _until(predicate)
 
 
 @asynccontextmanager

@@ -81,6 +81,14 @@ async def wait_until(predicate: Callable[[], bool], *, timeout: float = 10.0) ->
         trio.TooSlowError: still false after ``timeout`` seconds of the run's clock (on an
             autojumping MockClock that is as soon as nothing else can happen).
     """
+    with trio.move_on_after(timeout) as scope:
+        await _until(predicate)
+    if scope.cancelled_caught:
+        raise trio.TooSlowError(f"the condition was still false after {timeout} s")
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    """:func:`wait_until` without a time limit (the caller sets one). A checkpoint."""
     if predicate():
         await trio.lowlevel.checkpoint()
         return
@@ -90,16 +98,13 @@ async def wait_until(predicate: Callable[[], bool], *, timeout: float = 10.0) ->
         watch = _StepWatch()
         _WATCH.set(watch)
     me = trio.lowlevel.current_task()
-    with trio.move_on_after(timeout) as scope:
+    if not watch.waiters:
+        trio.lowlevel.add_instrument(watch)
+    try:
+        while not predicate():
+            event = watch.waiters[me] = trio.Event()
+            await event.wait()
+    finally:
+        watch.waiters.pop(me, None)
         if not watch.waiters:
-            trio.lowlevel.add_instrument(watch)
-        try:
-            while not predicate():
-                event = watch.waiters[me] = trio.Event()
-                await event.wait()
-        finally:
-            watch.waiters.pop(me, None)
-            if not watch.waiters:
-                trio.lowlevel.remove_instrument(watch)
-    if scope.cancelled_caught:
-        raise trio.TooSlowError(f"the condition was still false after {timeout} s")
+            trio.lowlevel.remove_instrument(watch)
