@@ -35,12 +35,13 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _procs import free_port, wait_port  # bench/ is on sys.path when run as a script
 
 KEY = "bench-api-key-0123456789"
 PAYLOAD = b"x" * 64
@@ -53,25 +54,6 @@ CLAIM = (
     "POST /api/claim?user=u HTTP/1.1\r\nHost: 127.0.0.1\r\n"
     f"Authorization: Bearer {KEY}\r\nContent-Length: 0\r\n\r\n"
 ).encode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("server did not listen")
 
 
 def run_one(mode: str, args: argparse.Namespace) -> dict[str, float]:

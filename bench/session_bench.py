@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,27 +37,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _procs import free_port, wait_port  # bench/ is on sys.path when run as a script
+
 HERE = Path(__file__).resolve().parent
 MODES = "plain:memory,create:memory,restore:memory,plain:redis,create:redis,restore:redis"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited: {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("did not listen")
 
 
 def cpu_seconds(pid: int) -> float:
