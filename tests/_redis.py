@@ -100,12 +100,27 @@ def _wait_ping(port: int, proc: subprocess.Popen[bytes]) -> None:
             raise RuntimeError(f"redis-server on port {port} exited with {proc.returncode}")
         try:
             if command(port, "PING", timeout=1.0) == "PONG":
+                _check_owner(port, proc)
                 return
         except (OSError, RuntimeError):
             pass
         if time.monotonic() > deadline:
             raise RuntimeError(f"redis-server on port {port} did not answer within the guard")
         time.sleep(0.02)  # polling a process that is starting: not synchronisation of ours
+
+
+class PortTaken(Exception):
+    """Another process's redis-server answers on the port we chose (suites run side by side
+    pick ports the same way): never share it, or its tests' restarts would empty ours."""
+
+
+def _check_owner(port: int, proc: subprocess.Popen[bytes]) -> None:
+    info = command(port, "INFO", "server", timeout=1.0)
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    lines = text.splitlines()
+    pid = next((int(x.split(":", 1)[1]) for x in lines if x.startswith("process_id:")), None)
+    if pid != proc.pid:
+        raise PortTaken(f"port {port} is served by redis-server pid {pid}, not ours ({proc.pid})")
 
 
 class RedisServer:
@@ -115,6 +130,8 @@ class RedisServer:
         if REDIS_SERVER is None:
             _missing("redis-server is not installed")
         self.dir = tempfile.mkdtemp(prefix="redis-rt-")
+        self._auto_port = port is None
+        self._started = False
         self.port = port if port is not None else free_port()
         self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
@@ -134,17 +151,26 @@ class RedisServer:
             "--logfile", os.path.join(self.dir, "redis.log"),
             *self.extra,
         ]  # fmt: skip
-        self.proc = subprocess.Popen(
-            args,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            _wait_ping(self.port, self.proc)
-        except BaseException:
-            self.kill()
-            raise
-        return self
+        for _attempt in range(5):
+            self.proc = subprocess.Popen(
+                [*args[:2], str(self.port), *args[3:]],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                _wait_ping(self.port, self.proc)
+            except PortTaken:
+                self.kill()
+                if not self._auto_port or self._started:
+                    raise  # a fixed port, or a restart that clients expect on the same port
+                self.port = free_port()  # someone else's server took it first: another port
+                continue
+            except BaseException:
+                self.kill()
+                raise
+            self._started = True
+            return self
+        raise RuntimeError("no free port for redis-server after 5 tries")
 
     def kill(self) -> None:
         """SIGKILL by pid, and reap it: the port is free again when this returns."""
