@@ -386,9 +386,13 @@ class Client:
             with trio.CancelScope(shield=True):
                 # Bounded: when the client is cancelled, the task that would read the
                 # server's close reply may be cancelled too, and aclose() would wait forever.
-                with trio.move_on_after(_CLOSE_WAIT):
+                with trio.move_on_after(_CLOSE_WAIT), suppress(trio.ClosedResourceError):
                     await ws.aclose()
-                await link.stream.aclose()  # trio-websocket leaves it open after some closes
+                # trio-websocket leaves the stream open after some closes, and in others its
+                # reader is closing it right now (the server's TCP close arrived): a second
+                # SSLStream.aclose() meanwhile finds the socket closed. It ends closed anyway.
+                with suppress(trio.ClosedResourceError):
+                    await link.stream.aclose()
             if self._ready.is_set() and self._gone is None:
                 self._ready = trio.Event()
             reason = ws.closed
