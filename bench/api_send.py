@@ -2,7 +2,8 @@
 """The control API's ``POST /send`` against the WebSocket echo path, interleaved in one run.
 
   api_send.py [--conns 16] [--duration 5] [--warmup 1] [--repeat 5]
-              [--modes api_send,api_ping,ws_echo] [--log-level warning] [--out FILE.json]
+              [--modes api_send,api_send_ka,api_ping,api_ping_ka,ws_echo]
+              [--log-level warning] [--out FILE.json]
 
 Each round starts one riverside-trio server per mode (a raw echo handler with ``api_key``
 set, no broker, ``--log-level`` as the CLI's: ``warning`` by default, ``info`` logs a line
@@ -12,11 +13,14 @@ Modes are interleaved round by round:
 
 - ``api_send``: one WebSocket client of user ``u`` (connected with a claim) receives; C HTTP
   clients each POST ``/api/send?user=u&type=text`` with a 64-byte body and the key, wait for
-  the answer, and start the next. The API answers one request per connection (the server's
-  plain HTTP has no keep-alive), so every request is a TCP connect, the request, the answer
-  and the server's close: that is the cost a back end pays per call. Every message sent is
-  checked to arrive.
-- ``api_ping``: the same without the delivery (``GET /api/ping``): the HTTP floor of a call.
+  the answer, and start the next. Every message sent is checked to arrive. Each request on a new connection (``Connection: close``): every
+  request is a TCP connect, the request, the answer and the server's close, the cost a back
+  end without a connection pool pays per call.
+- ``api_send_ka``: the same over HTTP/1.1 keep-alive, as a back end's pool sends it: each of
+  the C clients keeps its connection and sends the next request on it (a new connection
+  only when the server closes one, after ``http_keepalive_requests``).
+- ``api_ping``, ``api_ping_ka``: the same without the delivery (``GET /api/ping``): the
+  HTTP floor of a call, per connection and kept alive.
 - ``ws_echo``: C WebSocket clients each send a 64-byte text message and wait for its echo.
 
 Reported per mode: requests (or echoes) per second and the server's CPU time per request,
@@ -45,11 +49,15 @@ from _procs import free_port, wait_port  # bench/ is on sys.path when run as a s
 
 KEY = "bench-api-key-0123456789"
 PAYLOAD = b"x" * 64
-SEND = (
+SEND_KA = (
     "POST /api/send?user=u&type=text HTTP/1.1\r\nHost: 127.0.0.1\r\n"
     f"Authorization: Bearer {KEY}\r\nContent-Length: {len(PAYLOAD)}\r\n\r\n"
 ).encode() + PAYLOAD
-PING = f"GET /api/ping HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {KEY}\r\n\r\n".encode()
+PING_KA = f"GET /api/ping HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {KEY}\r\n\r\n".encode()
+# A request per connection: the client says so (and the server closes after its answer).
+SEND = SEND_KA.replace(b"\r\nHost:", b"\r\nConnection: close\r\nHost:", 1)
+PING = PING_KA.replace(b"\r\nHost:", b"\r\nConnection: close\r\nHost:", 1)
+MODES = ("api_send", "api_send_ka", "api_ping", "api_ping_ka", "ws_echo")
 CLAIM = (
     "POST /api/claim?user=u HTTP/1.1\r\nHost: 127.0.0.1\r\n"
     f"Authorization: Bearer {KEY}\r\nContent-Length: 0\r\n\r\n"
@@ -92,7 +100,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--modes", default="api_send,api_ping,ws_echo")
+    ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--log-level", default="warning", choices=["debug", "info", "warning"])
     ap.add_argument("--out", default="")
     ap.add_argument("--riverside-python", default=os.environ.get("RIVERSIDE_PYTHON", "python3"))
@@ -174,7 +182,7 @@ def loadgen(argv: list[str]) -> None:
     from picows import WSListener, WSMsgType, ws_connect  # type: ignore[import-not-found]
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["api_send", "api_ping", "ws_echo"])
+    ap.add_argument("mode", choices=MODES)
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--server-pid", type=int, required=True)
     ap.add_argument("--conns", type=int, default=8)
@@ -228,6 +236,57 @@ def loadgen(argv: list[str]) -> None:
         await loop.create_connection(lambda: Call(request, finished), "127.0.0.1", a.port)
         return await finished
 
+    class Pooled(asyncio.Protocol):
+        """One kept-alive connection: a request, its answer (framed by Content-Length), the
+        next request on the same connection."""
+
+        def __init__(self) -> None:
+            self.data = bytearray()
+            self.waiter: asyncio.Future[bytes] | None = None
+            self.lost = False
+
+        def connection_made(self, transport):  # type: ignore[no-untyped-def]
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.data += data
+            end = self.data.find(b"\r\n\r\n")
+            if end < 0 or self.waiter is None:
+                return
+            head = bytes(self.data[:end]).lower()
+            length = int(head.split(b"\r\ncontent-length: ", 1)[1].split(b"\r\n", 1)[0])
+            if len(self.data) >= end + 4 + length:
+                answer = bytes(self.data[: end + 4 + length])
+                del self.data[: end + 4 + length]
+                self.waiter.set_result(answer)
+                self.waiter = None
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.lost = True
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result(b"")
+
+        async def call(self, request: bytes) -> bytes:
+            self.waiter = asyncio.get_running_loop().create_future()
+            self.transport.write(request)
+            return await self.waiter
+
+    async def pooled_worker(request: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        conn: Pooled | None = None
+        while not stop[0]:
+            if conn is None or conn.lost:
+                _, conn = await loop.create_connection(Pooled, "127.0.0.1", a.port)
+            answer = await conn.call(request)
+            if not answer.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(answer[:300].decode("latin-1") or "closed before an answer")
+            done[0] += 1
+            if b"\r\nconnection: close\r\n" in answer.lower():
+                conn.transport.close()  # the server's last request on it: a new one next
+                conn = None
+        if conn is not None:
+            conn.transport.close()
+
     async def http_worker(request: bytes) -> None:
         while not stop[0]:
             answer = await call(request)
@@ -246,11 +305,16 @@ def loadgen(argv: list[str]) -> None:
             for client in keep:
                 client.transport.send(WSMsgType.TEXT, PAYLOAD)
         else:
-            if a.mode == "api_send":
+            if a.mode.startswith("api_send"):
                 claim = json.loads((await call(CLAIM)).split(b"\r\n\r\n", 1)[1])["claim"]["id"]
                 receiver, _ = await ws_connect(Receiver, f"{url}?claim={claim}")
-            request = SEND if a.mode == "api_send" else PING
-            workers = [asyncio.ensure_future(http_worker(request)) for _ in range(a.conns)]
+            kept = a.mode.endswith("_ka")
+            if a.mode.startswith("api_send"):
+                request = SEND_KA if kept else SEND
+            else:
+                request = PING_KA if kept else PING
+            worker = pooled_worker if kept else http_worker
+            workers = [asyncio.ensure_future(worker(request)) for _ in range(a.conns)]
         server = psutil.Process(a.server_pid)
         tree = [server, *server.children(recursive=True)]
         me = psutil.Process()
@@ -271,7 +335,7 @@ def loadgen(argv: list[str]) -> None:
         }
         if a.mode != "ws_echo":
             await asyncio.gather(*workers)
-            if a.mode == "api_send":
+            if a.mode.startswith("api_send"):
                 for _ in range(500):  # every message sent arrives (bounded wait)
                     if received[0] >= done[0]:
                         break

@@ -177,7 +177,7 @@ async def test_head_health_sends_the_headers_without_a_body() -> None:
     async with running(EchoHandler) as server:
         client = await RawClient.connect(server)
         try:
-            await client.send(plain("HEAD", "/health"))
+            await client.send(plain("HEAD", "/health", "Connection: close"))
             with trio.fail_after(5):
                 status, headers, body = await client.read_head()
                 assert await client.at_eof()
@@ -189,10 +189,11 @@ async def test_head_health_sends_the_headers_without_a_body() -> None:
 
 
 async def test_plain_http_connection_is_closed_after_one_response() -> None:
+    # (health, metrics and the API keep their connections alive: tests/test_keepalive.py)
     async with running(EchoHandler) as server:
         client = await RawClient.connect(server)
         try:
-            await client.send(plain("GET", "/health") + plain("GET", "/health"))
+            await client.send(plain("GET", "/riverside.js") + plain("GET", "/health"))
             with trio.fail_after(5):
                 status, _, _ = await client.read_head()
                 assert status == 200

@@ -122,6 +122,12 @@ class Config:
         handshake_timeout: Seconds a client has, from the moment its socket is accepted, to
             complete a TLS handshake (with TLS) and send its HTTP request head, > 0; then 408
             (or, before TLS is up, a close).
+        http_keepalive_timeout: Seconds a connection that was answered by the health check,
+            the metrics or the control API waits for its next request (HTTP/1.1
+            keep-alive), >= 0; 0 turns keep-alive off (every answer closes its connection).
+            It keeps its pending slot meanwhile (max_pending_handshakes, per address).
+        http_keepalive_requests: Most requests one kept-alive HTTP connection serves, >= 1;
+            the last answer says "Connection: close".
         authenticate_timeout: Seconds Handler.authenticate may take, > 0; then the client
             gets 504 and its slot is freed.
         idle_timeout: Seconds without a message from the client before it is closed
@@ -245,6 +251,8 @@ class Config:
 
     # timeouts (seconds; None = off where allowed)
     handshake_timeout: float = _setting(10.0, gt=0, unit="seconds")
+    http_keepalive_timeout: float = _setting(5.0, min=0, unit="seconds")
+    http_keepalive_requests: int = _setting(1000, min=1)
     authenticate_timeout: float = _setting(5.0, gt=0, unit="seconds")
     idle_timeout: float | None = _setting(60.0, gt=0, unit="seconds")
     max_connection_age: float | None = _setting(None, gt=0, unit="seconds")

@@ -16,6 +16,9 @@ The rules, all of them here:
   same per-address cap (over it: ``503``).
 - Each slot carries its deadline: the request head (and a TLS handshake, where there is
   one) must arrive within ``handshake_timeout`` of the accept.
+- A socket kept alive after a plain HTTP answer (``_keepalive.py``) keeps its slot while
+  it waits, at most ``http_keepalive_timeout``, for its next request; a trusted proxy's
+  is charged anew to the client each request names.
 - Nothing here grows with what clients send: the per-address table holds only addresses
   with a slot now, at most ``max_pending_handshakes`` of them.
 
@@ -164,6 +167,14 @@ class Slot:
         self.key = key
         return True
 
+    def recharge(self) -> None:
+        """A trusted proxy's socket starts its next request (HTTP keep-alive): the slot is
+        no longer charged to the client the last one named, until :meth:`charge`."""
+        admission = self._admission
+        if admission is not None and self.trusted and self.key is not None:
+            admission._drop(self.key)
+            self.key = None
+
     def release(self) -> None:
         """Give the slot back (idempotent)."""
         admission, self._admission = self._admission, None
@@ -218,11 +229,14 @@ class Admission:
     def _give_back(self, key: str | None) -> None:
         self.pending -= 1
         if key is not None:
-            n = self._by_address[key] - 1
-            if n:
-                self._by_address[key] = n
-            else:
-                del self._by_address[key]
+            self._drop(key)
+
+    def _drop(self, key: str) -> None:
+        n = self._by_address[key] - 1
+        if n:
+            self._by_address[key] = n
+        else:
+            del self._by_address[key]
 
     @property
     def addresses(self) -> int:

@@ -89,6 +89,8 @@ class Core:
         self.hub = Hub(registry, self.codec, self.metrics, compress=config.permessage_deflate)
         self.shutting_down = False
         self.handshakes = 0  # upgrades between 'accepted' and 'registered'
+        # The idle waits of kept-alive HTTP connections (_keepalive.py): a shutdown ends them.
+        self.idle_http: set[trio.CancelScope] = set()
         self.server: object = None  # the Server (Connection.server), once it runs
         # The server's nursery: connections start their side tasks (writer, handle_info,
         # child tasks) in it, each under a cancel scope of the connection's own.

@@ -27,7 +27,8 @@ Decisions, in order (RFC 6455 section 4.2.1 for the upgrade):
   ``Config.path`` -> 426 with ``Upgrade: websocket``; ``/riverside.js`` -> the browser
   client; with ``status_token`` set, ``status_path`` (and its ``.json``) -> the status page
   (``_status.py``); anything else -> ``handle_http``,
-  404 when it returns None. Plain HTTP connections close after one response.
+  404 when it returns None. After health, metrics or the API the connection is kept
+  alive for the next request (``_keepalive.py``); every other answer closes it.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from ..wire.handshake import (
 from ._admission import Slot
 from ._connection import Connection
 from ._core import Core
+from ._keepalive import next_request, reusable, send_kept_alive
 from ._status import is_status_path, status_response
 from ._transport import Transport
 
@@ -101,19 +103,43 @@ async def _close_after_response(core: Core, transport: Transport, data: bytes) -
 async def handle_request(
     core: Core, transport: Transport, peer: tuple[str, int], slot: Slot
 ) -> Connection | None:
-    """Read one request; answer it, or complete the upgrade and return the new Connection.
+    """Serve the socket's requests; answer them, or complete an upgrade and return the
+    new Connection.
 
     The caller owns ``transport`` and ``slot`` (the socket's pending slot, whose deadline
-    bounds the request head): when this returns None the response (if any) was sent and
-    the transport can be closed.
+    bounds each request head): when this returns None the last response (if any) was sent
+    and the transport can be closed. Between kept-alive requests (``_keepalive.py``) the
+    socket keeps its slot.
     """
     cfg = core.config
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=cfg.max_header_size)
+    served = 0
+    while True:
+        result = await _serve_one(core, transport, peer, slot, conn, served)
+        if result is not _AGAIN:
+            return result if isinstance(result, Connection) else None
+        served += 1
+        following = await next_request(core, transport, slot, conn)
+        if following is None:
+            return None
+        conn = following
+
+
+async def _serve_one(
+    core: Core,
+    transport: Transport,
+    peer: tuple[str, int],
+    slot: Slot,
+    conn: h11.Connection,
+    served: int,
+) -> Connection | object | None:
+    """One request on ``conn``: the Connection of an upgrade, None when the socket is to be
+    closed, or ``_AGAIN`` when its response was sent and the next request may follow."""
+    cfg = core.config
     try:
         # The whole head is usually there already: then no timeout scope is needed.
-        first = transport.recv_now()
-        event: object = h11.NEED_DATA
-        if first is not None:
+        event: object = conn.next_event()
+        if event is h11.NEED_DATA and (first := transport.recv_now()) is not None:
             conn.receive_data(first)
             event = conn.next_event()
         if event is h11.NEED_DATA:
@@ -175,6 +201,7 @@ async def handle_request(
 
     ws_path = is_ws_path(cfg.path, path)
     if "websocket" not in tokens(headers, "upgrade"):
+        # The health check, the metrics and the API keep their connection alive.
         if path == cfg.health_path and method in ("GET", "HEAD"):
             data = response(200, "OK", head=head)
         elif (
@@ -187,22 +214,13 @@ async def handle_request(
                 return await _read_api_body(core, conn, transport, headers, limit)
 
             data = await core.api.handle(method, path, query_string, headers, read_body, peer)
-        elif ws_path and method == "GET":
-            data = response(
-                426,
-                "this endpoint speaks WebSocket: send an upgrade request\n",
-                [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")],
-            )
-        elif ws_path:
-            data = response(405, "method not allowed\n", [("Allow", "GET")], head=head)
-        elif path == CLIENT_JS_PATH and method in ("GET", "HEAD"):
-            data = response(200, client_js(), content_type=CLIENT_JS_TYPE, head=head)
-        elif is_status_path(core, path):
-            data = await status_response(core, method, path, query_string, headers)
         else:
-            data = await _user_route(
-                core, conn, transport, method, path, query_string, headers, peer
+            await _close_after_response(
+                core, transport, await _other(core, conn, transport, request, headers, peer)
             )
+            return None
+        if reusable(core, conn, served):
+            return _AGAIN if await send_kept_alive(core, transport, data) else None
         await _close_after_response(core, transport, data)
         return None
 
@@ -322,6 +340,38 @@ async def handle_request(
 
 
 _RETRY = (("Retry-After", "5"),)
+_AGAIN = object()  # _serve_one: answered, and the connection stays open for the next request
+
+
+async def _other(
+    core: Core,
+    conn: h11.Connection,
+    transport: Transport,
+    request: h11.Request,
+    headers: Headers,
+    peer: tuple[str, int],
+) -> bytes:
+    """The answer to a plain request that is neither health, metrics nor the API (these
+    connections close after it)."""
+    cfg = core.config
+    method = request.method.decode("ascii", "replace")
+    raw_path, _, query_string = request.target.decode("ascii", "replace").partition("?")
+    path = unquote(raw_path)
+    head = method == "HEAD"
+    ws_path = is_ws_path(cfg.path, path)
+    if ws_path and method == "GET":
+        return response(
+            426,
+            "this endpoint speaks WebSocket: send an upgrade request\n",
+            [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")],
+        )
+    if ws_path:
+        return response(405, "method not allowed\n", [("Allow", "GET")], head=head)
+    if path == CLIENT_JS_PATH and method in ("GET", "HEAD"):
+        return response(200, client_js(), content_type=CLIENT_JS_TYPE, head=head)
+    if is_status_path(core, path):
+        return await status_response(core, method, path, query_string, headers)
+    return await _user_route(core, conn, transport, method, path, query_string, headers, peer)
 
 
 class _ClientGone(Exception):

@@ -263,6 +263,8 @@ class Server:
         core = self._core
         core.shutting_down = True
         self._close_listeners()
+        for idle in list(core.idle_http):  # kept-alive HTTP connections waiting: close them
+            idle.cancel()
         conns = self._connections()
         log.info("shutting_down", connections=len(conns), drain_timeout=self.config.drain_timeout)
         deadline = trio.current_time() + self.config.drain_timeout
