@@ -13,9 +13,10 @@ Modes are interleaved round by round:
 
 - ``api_send``: one WebSocket client of user ``u`` (connected with a claim) receives; C HTTP
   clients each POST ``/api/send?user=u&type=text`` with a 64-byte body and the key, wait for
-  the answer, and start the next. Every message sent is checked to arrive. Each request on a new connection (``Connection: close``): every
-  request is a TCP connect, the request, the answer and the server's close, the cost a back
-  end without a connection pool pays per call.
+  the answer, and start the next. Every message sent is checked to arrive. Each request
+  on a new connection (``Connection: close``): every request is a TCP connect, the
+  request, the answer and the server's close, the cost a back end without a connection
+  pool pays per call.
 - ``api_send_ka``: the same over HTTP/1.1 keep-alive, as a back end's pool sends it: each of
   the C clients keeps its connection and sends the next request on it (a new connection
   only when the server closes one, after ``http_keepalive_requests``).
