@@ -213,22 +213,47 @@ def _config(flags: int, **extra: Any) -> Config:
     )
 
 
-def _request(raw: bytes) -> h11.Request | None:
-    """The request in ``raw`` as h11 reads it, or None."""
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=1 << 20)
-    conn.receive_data(raw)
-    try:
-        event = conn.next_event()
-    except h11.RemoteProtocolError:
-        return None
-    return event if isinstance(event, h11.Request) else None
+def _requests(raw: bytes) -> list[h11.Request]:
+    """The requests in ``raw`` one after another, as h11 reads them (each one's body read
+    to its end before the next, as the server does on a kept-alive connection)."""
+    out: list[h11.Request] = []
+    while True:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=1 << 20)
+        conn.receive_data(raw)
+        try:
+            event = conn.next_event()
+            if not isinstance(event, h11.Request):
+                return out
+            out.append(event)
+            while (event := conn.next_event()) is not h11.NEED_DATA:
+                if isinstance(event, h11.EndOfMessage):
+                    break
+            else:
+                return out
+        except h11.RemoteProtocolError:
+            return out
+        raw = conn.trailing_data[0]
 
 
 def check_response(raw: bytes, sent: bytes, config: Config) -> tuple[int | None, bytes]:
-    """Check that ``raw`` is empty or one whole HTTP/1.1 response; return its status and what
-    follows a ``101`` (the server's frames)."""
-    if not raw:
-        return None, b""
+    """Check that ``raw`` is empty or whole HTTP/1.1 responses, all but the last kept alive
+    (``Connection: keep-alive``), one per request sent; return the last one's status and
+    what follows a ``101`` (the server's frames)."""
+    requests = _requests(sent)
+    status: int | None = None
+    for index in range(len(requests) + 1):
+        if not raw:
+            return status, b""
+        request = requests[index] if index < len(requests) else None
+        status, raw, kept = _check_one(raw, request, config)
+        if not kept:
+            return status, raw
+    raise AssertionError(f"more responses than requests: {raw[:200]!r}")
+
+
+def _check_one(raw: bytes, request: h11.Request | None, config: Config) -> tuple[int, bytes, bool]:
+    """One response at the start of ``raw``: its status, what follows it, and whether it
+    kept the connection alive."""
     head, sep, rest = raw.partition(b"\r\n\r\n")
     assert sep, f"response head not terminated: {raw[:200]!r}"
     status_line, *lines = head.split(b"\r\n")
@@ -242,9 +267,8 @@ def check_response(raw: bytes, sent: bytes, config: Config) -> tuple[int | None,
         assert colon and _TOKEN.fullmatch(name), f"bad header line {line!r}"
         assert b"\r" not in value and b"\n" not in value
         headers.setdefault(name.lower(), []).append(value)
-    request = _request(sent)
     if status == 101:
-        assert request is not None, f"101 for what h11 does not read as a request: {sent!r}"
+        assert request is not None, f"101 for what h11 does not read as a request: {raw!r}"
         keys = [v for k, v in request.headers if k == b"sec-websocket-key"]
         assert request.method == b"GET" and request.http_version == b"1.1", request
         assert len(keys) == 1, f"101 with Sec-WebSocket-Key {keys!r}"
@@ -255,11 +279,16 @@ def check_response(raw: bytes, sent: bytes, config: Config) -> tuple[int | None,
         assert len(request.headers) <= config.max_headers, "101 over max_headers"
         body = [v for k, v in request.headers if k in (b"content-length", b"transfer-encoding")]
         assert all(v.isdigit() and int(v) == 0 for v in body), f"101 to a body: {body!r}"
-        return status, rest
+        return status, rest, False
     assert status >= 200, f"informational status {status} is not an answer"
-    assert headers.get(b"connection") == [b"close"], headers
     lengths = headers.get(b"content-length", [])
     assert len(lengths) == 1 and lengths[0].isdigit(), headers
+    if headers.get(b"connection") == [b"keep-alive"]:
+        assert request is not None and request.http_version == b"1.1", "kept alive: no 1.1"
+        length = 0 if request.method == b"HEAD" else int(lengths[0])
+        assert len(rest) >= length, f"Content-Length {lengths[0]!r}, body {len(rest)}"
+        return status, rest[length:], True
+    assert headers.get(b"connection") == [b"close"], headers
     if request is not None and request.method == b"HEAD":
         # (a head that is too big or too slow may be refused before its method is known)
         assert rest == b"" or (status in (408, 431) and int(lengths[0]) == len(rest)), (
@@ -267,7 +296,7 @@ def check_response(raw: bytes, sent: bytes, config: Config) -> tuple[int | None,
         )
     else:
         assert int(lengths[0]) == len(rest), f"Content-Length {lengths[0]!r}, body {len(rest)}"
-    return status, b""
+    return status, b"", False
 
 
 async def _talk(

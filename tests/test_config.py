@@ -97,6 +97,8 @@ BAD_VALUES: dict[str, list[object]] = {
         [10],
     ],
     "handshake_timeout": [0, -1, None, "10"],
+    "http_keepalive_timeout": [-1, None, "5", float("nan")],
+    "http_keepalive_requests": [0, -1, None, 1.5, "1000"],
     "authenticate_timeout": [0, -5, None, "5", float("inf"), float("nan")],
     "idle_timeout": [0, -3.5, "60", False],
     "max_connection_age": [0, -1, "1h"],

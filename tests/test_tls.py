@@ -166,7 +166,9 @@ async def test_every_close_ends_tls_with_close_notify(tls_certs: Certs, who: str
             client = await RawClient.connect(server, tls_certs.client_context())
             try:
                 if who == "http":
-                    await client.send(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                    await client.send(
+                        b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+                    )
                     assert (await _clean_eof(client)).endswith(b"\r\n\r\nOK")
                     return
                 assert (await client.upgrade())[0] == 101
