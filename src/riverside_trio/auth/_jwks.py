@@ -27,8 +27,6 @@ from typing import Any
 
 import structlog
 import trio
-from jwt import PyJWK
-from jwt.exceptions import PyJWKError
 
 from ..errors import ConfigError
 
@@ -61,6 +59,9 @@ def parse_jwks(data: bytes, algorithms: tuple[str, ...], where: str) -> Keys:
     entries = document.get("keys") if isinstance(document, dict) else None
     if not isinstance(entries, list):
         raise ValueError(f'{where} is not a JWKS document: expected {{"keys": [...]}}')
+    from jwt import PyJWK  # imported when a JWKS is configured (see _jwt._pyjwt)
+    from jwt.exceptions import PyJWKError
+
     keys: Keys = {}
     skipped: list[str] = []
     for entry in entries:
