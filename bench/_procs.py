@@ -3,6 +3,8 @@ to listen on it."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -27,3 +29,13 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
+def stop_server(proc: subprocess.Popen[bytes], grace: float = 3.0) -> None:
+    """Stop a server started in its own process group: SIGINT, then SIGKILL after ``grace``."""
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -39,14 +39,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _procs import free_port, wait_port  # bench/ is on sys.path when run as a script
+from _procs import free_port, stop_server, wait_port  # bench/ is on sys.path when run as a script
 
 KEY = "bench-api-key-0123456789"
 PAYLOAD = b"x" * 64
@@ -87,12 +86,7 @@ def run_one(mode: str, args: argparse.Namespace) -> dict[str, float]:
             raise RuntimeError(f"{mode}: the load generator failed:\n{out.stderr.decode()}")
         return dict(json.loads(out.stdout.decode().strip().splitlines()[-1]))
     finally:
-        os.killpg(server.pid, signal.SIGINT)
-        try:
-            server.wait(3)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_server(server)
 
 
 def main() -> None:

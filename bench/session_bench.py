@@ -28,7 +28,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _procs import free_port, wait_port  # bench/ is on sys.path when run as a script
+from _procs import free_port, stop_server, wait_port  # bench/ is on sys.path when run as a script
 
 HERE = Path(__file__).resolve().parent
 MODES = "plain:memory,create:memory,restore:memory,plain:redis,create:redis,restore:redis"
@@ -82,12 +81,7 @@ def run_one(mode: str, args: argparse.Namespace) -> dict[str, float]:
             )  # fmt: skip
             return dict(json.loads(out.stdout.decode().strip().splitlines()[-1]))
         finally:
-            os.killpg(server.pid, signal.SIGINT)
-            try:
-                server.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+            stop_server(server, grace=5.0)
     finally:
         if redis is not None:
             redis.kill()
