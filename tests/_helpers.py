@@ -8,6 +8,7 @@ import os
 import socket
 import ssl
 import struct
+import subprocess
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
@@ -335,6 +336,28 @@ async def ws_open(url: str, **kwargs: Any) -> AsyncIterator[WebSocketConnection]
         finally:
             if ws.closed is not None:
                 await ws._stream.aclose()
+
+
+async def start_cli(
+    nursery: trio.Nursery, command: list[str], env: dict[str, str], lines: list[str], **kw: Any
+) -> tuple[trio.Process, int]:
+    """Start ``command`` (a server's command line) in ``nursery``, its log lines collected
+    into ``lines``: the process, and the port its ``listening`` event names."""
+    process: trio.Process = await nursery.start(
+        partial(
+            trio.run_process,
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            check=False,
+            env=env,
+            **kw,
+        )
+    )
+    assert process.stderr is not None
+    port: int = await nursery.start(read_listening_port, process.stderr, lines)
+    return process, port
 
 
 async def read_listening_port(

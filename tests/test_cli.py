@@ -10,7 +10,6 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from riverside_trio.cli import _flag, main
 from riverside_trio.config import Config
 from riverside_trio.server import _server
 
-from ._helpers import read_listening_port
+from ._helpers import start_cli
 
 
 @pytest.fixture(autouse=True)
@@ -421,19 +420,7 @@ async def test_serve_demo_end_to_end() -> None:
 
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            process: trio.Process = await nursery.start(
-                partial(
-                    trio.run_process,
-                    command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                    check=False,
-                    env=env,
-                )
-            )
-            assert process.stderr is not None
-            port = await nursery.start(read_listening_port, process.stderr, lines)
+            process, port = await start_cli(nursery, command, env, lines)
             async with open_client(port) as alice, open_client(port) as bob:
                 for ws in (alice, bob):  # the demo greets with how to use it
                     assert json.loads(await ws.get_message())["type"] == "welcome"

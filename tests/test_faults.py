@@ -17,11 +17,9 @@ import random
 import re
 import socket
 import struct
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +42,8 @@ from ._helpers import (
     NO_TIMERS,
     RawClient,
     client_frame,
-    read_listening_port,
     running,
+    start_cli,
     upgrade_request,
     wait_until,
 )
@@ -532,22 +530,9 @@ async def subprocess_server(tmp_path: Path) -> AsyncIterator[int]:
     command += ["--max-pending-per-address", "1024"]
     lines: list[str] = []
     async with trio.open_nursery() as nursery:
-        process: trio.Process = await nursery.start(
-            partial(
-                trio.run_process,
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                check=False,
-                env=env,
-                cwd=str(tmp_path),
-            )
-        )
+        with trio.fail_after(30):
+            process, port = await start_cli(nursery, command, env, lines, cwd=str(tmp_path))
         try:
-            assert process.stderr is not None
-            with trio.fail_after(30):
-                port = await nursery.start(read_listening_port, process.stderr, lines)
             yield port
             assert process.returncode is None, "\n".join(lines)
         finally:

@@ -7,9 +7,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import subprocess
 import sys
-from functools import partial
 from typing import Any
 
 import pytest
@@ -20,7 +18,7 @@ import riverside_trio
 from riverside_trio import Config, Connection, Handler, Server
 from riverside_trio.api._node import ApiOnlyHandler
 
-from .._helpers import NO_TIMERS, read_listening_port, ws_open
+from .._helpers import NO_TIMERS, start_cli, ws_open
 from .._http import KEY, api, refused_upgrade, upgrade
 from .._redis import RedisServer, free_port, needs_redis
 from ._nodes import all_settled, nodes, wait_for
@@ -255,19 +253,7 @@ async def test_the_api_command_runs_an_api_node_that_reaches_the_cluster(
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             worker = await nursery.start(riverside_trio.serve, Echo, config.replace(**SETTINGS))
-            process: trio.Process = await nursery.start(
-                partial(
-                    trio.run_process,
-                    command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                    check=False,
-                    env=env,
-                )
-            )
-            assert process.stderr is not None
-            port = await nursery.start(read_listening_port, process.stderr, lines)
+            process, port = await start_cli(nursery, command, env, lines)
             await wait_for(lambda: any('"broker_connected"' in x for x in lines), "connected")
             reply = await api(port, "POST", "/claim", {"user": "cli"})
             assert reply.status == 200, reply.body

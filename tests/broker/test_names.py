@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ from trio_websocket import WebSocketConnection
 
 import riverside_trio
 
-from .._helpers import read_listening_port, ws_open
+from .._helpers import start_cli, ws_open
 from .._redis import RedisServer, command, needs_redis
 from ._nodes import all_settled, broker, nodes, wait_for
 
@@ -138,19 +136,7 @@ async def test_a_node_killed_with_sigkill_vanishes_and_frees_its_names(
         lines: list[str] = []
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
-                process: trio.Process = await nursery.start(
-                    partial(
-                        trio.run_process,
-                        cmd,
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.PIPE,
-                        check=False,
-                        env=env,
-                    )
-                )
-                assert process.stderr is not None
-                port = await nursery.start(read_listening_port, process.stderr, lines)
+                process, port = await start_cli(nursery, cmd, env, lines)
                 other = f"ws://127.0.0.1:{port}/ws"
                 async with ws_open(other + "?user=remote") as remote, ws_open(a.url) as here:
                     assert await ask(remote, {"join": "room"}) == {"joined": "room"}
